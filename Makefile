@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make test` and `make demo`. Each creates .venv when missing
+# and installs everything (torch pinned to the local CPU build, see pyproject.toml).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-unit demo lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,data]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest tests
+
+test-unit: install
+	$(PY) -m pytest tests -m "not integration and not e2e"
+
+demo: install
+	$(VENV)/bin/zerotune validate examples/quickstart.yaml
+	$(VENV)/bin/zerotune train examples/quickstart.yaml
+
+lint: install
+	$(VENV)/bin/ruff check cluster trainers tuning serving tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

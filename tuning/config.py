@@ -1,0 +1,108 @@
+"""The `tune:` section: which `train:` fields to search, how, and when to stop weak trials.
+
+Search-space keys are dotted paths into `train:` (`optim.lr`, `lora.r`); the experiment spec
+checks, when the file loads, that each path exists and that every value a domain can produce
+is one its field accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from trainers.config import Section
+
+
+class LogUniform(Section):
+    type: Literal["loguniform"] = Field(description="Sample log-uniformly in [low, high].")
+    low: float = Field(gt=0.0, description="Lower bound (> 0).")
+    high: float = Field(gt=0.0, description="Upper bound (> low).")
+
+    @model_validator(mode="after")
+    def _order(self) -> LogUniform:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high; got low={self.low}, high={self.high}")
+        return self
+
+    def examples(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class Uniform(Section):
+    type: Literal["uniform"] = Field(description="Sample uniformly in [low, high].")
+    low: float = Field(description="Lower bound.")
+    high: float = Field(description="Upper bound (> low).")
+
+    @model_validator(mode="after")
+    def _order(self) -> Uniform:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high; got low={self.low}, high={self.high}")
+        return self
+
+    def examples(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class QUniform(Section):
+    type: Literal["quniform"] = Field(description="Sample uniformly in [low, high], rounded to a multiple of q.")
+    low: float = Field(description="Lower bound.")
+    high: float = Field(description="Upper bound (> low).")
+    q: float = Field(gt=0.0, description="Quantum (> 0).")
+
+    @model_validator(mode="after")
+    def _order(self) -> QUniform:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high; got low={self.low}, high={self.high}")
+        return self
+
+    def examples(self) -> list[Any]:
+        cast = int if float(self.q).is_integer() and float(self.low).is_integer() else float
+        return [cast(self.low), cast(self.high)]
+
+
+class Choice(Section):
+    type: Literal["choice"] = Field(description="Sample one of `values` at random.")
+    values: list[Any] = Field(min_length=1, description="Candidate values.")
+
+    def examples(self) -> list[Any]:
+        return list(self.values)
+
+
+class Grid(Section):
+    type: Literal["grid"] = Field(description="Try every one of `values` (crossed with other grids).")
+    values: list[Any] = Field(min_length=1, description="Values, each tried.")
+
+    def examples(self) -> list[Any]:
+        return list(self.values)
+
+
+Domain = Annotated[LogUniform | Uniform | QUniform | Choice | Grid, Field(discriminator="type")]
+
+
+class SchedulerSection(Section):
+    type: Literal["asha", "none"] = Field(default="asha", description="ASHA early stopping, or none.")
+    grace_period: int = Field(default=1, ge=1, description="Evaluation rounds every trial gets before it can stop.")
+    reduction_factor: float = Field(default=2.0, gt=1.0, description="ASHA keeps 1/reduction_factor per rung.")
+    max_t: int | None = Field(
+        default=None, ge=1, description="Most evaluation rounds a trial runs; empty: as many as training makes."
+    )
+
+
+class TuneSection(Section):
+    metric: str | None = Field(default=None, description="Metric to optimise; empty: train's metric.")
+    mode: Literal["max", "min"] | None = Field(default=None, description="Better high or low; empty: train's.")
+    num_samples: int = Field(
+        default=1, ge=1, description="Samples of the space (each grid point is repeated this many times)."
+    )
+    search_space: dict[str, Domain] = Field(
+        default_factory=dict, description="Dotted paths into `train:` mapped to domains, e.g. optim.lr."
+    )
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection, description="Early stopping.")
+    search_alg: Literal["random", "optuna"] = Field(
+        default="random", description="Random/grid search, or Optuna's TPE when optuna is installed."
+    )
+    max_concurrent_trials: int | None = Field(
+        default=None, ge=1, description="Trials at once; empty: as many as the cluster's CPUs/GPUs fit."
+    )
+    time_budget_s: float | None = Field(default=None, gt=0, description="Stop the sweep after this many seconds.")
