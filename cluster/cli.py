@@ -55,6 +55,26 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainers.launch import fit
+
+    from .connect import connect
+
+    spec = load_spec(args.file, args.overrides)
+    conn = connect(spec.cluster)
+    print(f"[zerotune] Ray: {'embedded local' if conn.embedded else 'cluster at ' + conn.address} "
+          f"({conn.num_cpus:g} CPUs, {conn.num_gpus:g} GPUs)", flush=True)
+    result = fit(spec.train, storage_path=spec.cluster.storage_path, name=spec.name)
+    metric = spec.train.resolved_metric
+    print(f"\n[zerotune] {spec.name}: finished at step {result.metrics.get('step')}")
+    print(f"  run directory:    {result.run_dir}")
+    print(f"  best checkpoint:  {result.best_checkpoint} ({metric} {result.best_metrics.get(metric, float('nan')):.4f})")
+    print(f"  latest:           {result.latest_checkpoint}")
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("eval_")}
+    print(f"  final metrics:    {shown}")
+    return 0
+
+
 def _not_landed(what: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         load_spec(args.file, args.overrides)  # still catch spec mistakes first
@@ -83,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of a spec (for editors)")
     p.set_defaults(func=_cmd_schema)
 
+    p = sub.add_parser("train", help="fine-tune on the Ray cluster (rerun the same name to resume)")
+    _add_spec_args(p)
+    p.set_defaults(func=_cmd_train)
+
     for name, help_ in [
-        ("train", "fine-tune on the Ray cluster"),
         ("tune", "search hyperparameters with Ray Tune"),
         ("serve", "serve a checkpoint with Ray Serve"),
         ("run", "tune, pick the winner, serve it"),

@@ -1,0 +1,226 @@
+"""trainers.fit on a real local Ray cluster: 2 workers, real DeepSpeed (gloo), tiny models built in code.
+
+Each task x {full, LoRA} run learns its synthetic task and leaves a checkpoint that plain
+transformers (peft for adapters) loads with the same outputs as the live model; together the runs
+cover ZeRO stages 0, 2 and 3.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny import (
+    VOCAB,
+    lm_rows,
+    make_model,
+    ner_rows,
+    pretrain_copy_lm,
+    sentiment_rows,
+    write_csv,
+    write_jsonl,
+)
+from trainers.checkpoint import MODEL_DIR, load_for_inference, read_manifest, read_probe
+from trainers.config import TrainSection
+
+pytestmark = pytest.mark.integration
+
+TASKS = {
+    "sequence-classification": ("bert", sentiment_rows, write_csv, "cls.csv"),
+    "token-classification": ("bert", ner_rows, write_jsonl, "ner.jsonl"),
+    "causal-lm": ("gpt2", lm_rows, write_jsonl, "lm.jsonl"),
+}
+
+
+def _spec(tmp: Path, task: str, *, lora: bool = False, zero: int = 2, steps: int = 60, lr: float = 3e-3,
+          **extra) -> TrainSection:
+    arch, rows, write, name = TASKS[task]
+    model = make_model(tmp / f"model-{task}", task, arch)
+    data = write(tmp / name, rows(480))
+    doc = {
+        "model": {"name_or_path": model, "task": task},
+        "lora": {"enabled": lora, "r": 8},
+        "data": {"train": data, "validation_fraction": 0.2, "max_length": 24},
+        "optim": {"lr": lr},
+        "schedule": {"epochs": 100, "max_steps": steps, "micro_batch_size": 16, "eval_every_steps": 20,
+                     "log_every_steps": 20},
+        "deepspeed": {"zero_stage": zero},
+        "scaling": {"num_workers": 2, "max_failures": 0},
+    }
+    for path, value in extra.items():
+        section, key = path.split("__")
+        doc[section][key] = value
+    return TrainSection.model_validate(doc)
+
+
+def _fit(spec: TrainSection, tmp: Path, name: str = "run"):
+    from trainers.launch import fit
+
+    return fit(spec, storage_path=str(tmp / "results"), name=name)
+
+
+def read_adapter_base(ckpt: str) -> str:
+    import json
+
+    return json.loads((Path(ckpt) / MODEL_DIR / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def _reload_matches_probe(ckpt: str, task: str) -> None:
+    """Plain transformers (peft for adapters) gives the outputs the live model gave at save time."""
+    import transformers
+
+    manifest = read_manifest(ckpt)
+    probe = read_probe(ckpt)
+    auto = {"sequence-classification": transformers.AutoModelForSequenceClassification,
+            "token-classification": transformers.AutoModelForTokenClassification,
+            "causal-lm": transformers.AutoModelForCausalLM}[task]
+    if manifest.kind == "adapter":
+        from peft import PeftModel
+
+        # The adapter names its base; the head's size comes from the labels the manifest lists.
+        kwargs = ({"num_labels": len(manifest.labels), "ignore_mismatched_sizes": True}
+                  if manifest.labels and task != "causal-lm" else {})
+        base = auto.from_pretrained(read_adapter_base(ckpt), **kwargs)
+        model = PeftModel.from_pretrained(base, str(Path(ckpt) / MODEL_DIR)).eval()
+    else:
+        model = auto.from_pretrained(str(Path(ckpt) / MODEL_DIR)).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(probe["input_ids"]),
+                       attention_mask=torch.tensor(probe["attention_mask"])).logits.float()
+    if task == "causal-lm":
+        logits = logits[:, :, :64]
+    expected = torch.tensor(probe["logits"])
+    # token-level outputs: compare real tokens only (padding positions are free to differ)
+    mask = torch.tensor(probe["attention_mask"]).bool() if expected.dim() == 3 else torch.ones(len(expected), dtype=torch.bool)
+    assert torch.allclose(logits[mask], expected[mask], atol=1e-4, rtol=1e-4), (logits[mask] - expected[mask]).abs().max()
+    # The one reader the server uses agrees too (adapters merged into their base).
+    merged, tokenizer, spec = load_for_inference(ckpt)
+    with torch.no_grad():
+        again = merged(input_ids=torch.tensor(probe["input_ids"]),
+                       attention_mask=torch.tensor(probe["attention_mask"])).logits.float()
+    if task == "causal-lm":
+        again = again[:, :, :64]
+    assert torch.allclose(again[mask], expected[mask], atol=1e-4, rtol=1e-4)
+    assert spec.model.task == task
+
+
+@pytest.mark.parametrize(
+    "task, lora, zero, lr, steps",
+    [
+        ("sequence-classification", False, 0, 3e-3, 60),
+        ("sequence-classification", True, 3, 2e-2, 120),
+        ("token-classification", False, 2, 3e-3, 60),
+        ("token-classification", True, 0, 2e-2, 120),
+        ("causal-lm", False, 3, 3e-3, 60),
+        ("causal-lm", True, 2, 2e-2, 120),
+    ],
+    ids=["cls-full-z0", "cls-lora-z3", "ner-full-z2", "ner-lora-z0", "lm-full-z3", "lm-lora-z2"],
+)
+def test_task_learns_and_checkpoint_reloads(ray_cluster, tmp_path, task, lora, zero, lr, steps):
+    spec = _spec(tmp_path, task, lora=lora, zero=zero, lr=lr, steps=steps)
+    if lora and task == "causal-lm":  # LoRA adapts a base that can already copy other words
+        pretrain_copy_lm(Path(spec.model.name_or_path))
+    result = _fit(spec, tmp_path)
+    m = result.metrics
+    assert m["step"] == steps
+    if task == "sequence-classification":
+        assert m["eval_accuracy"] > 0.9, m
+        assert m["eval_macro_f1"] > 0.9, m
+    elif task == "token-classification":
+        assert m["eval_f1"] > 0.8, m
+    else:
+        assert m["eval_loss"] < 0.75 * math.log(len(VOCAB)), m  # from ~ln(V) at random init
+        assert m["eval_perplexity"] == pytest.approx(math.exp(m["eval_loss"]), rel=1e-6)
+    assert m["samples_per_s"] > 0 and m["tokens_per_s"] > 0 and m["peak_memory_mb"] > 0
+    trainable, total = m["trainable_params"], m["total_params"]
+    assert (trainable < total) if lora else (trainable == total)
+
+    ckpt = result.latest_checkpoint
+    manifest = read_manifest(ckpt)
+    assert manifest.kind == ("adapter" if lora else "full")
+    assert manifest.step == steps
+    assert list(Path(ckpt, MODEL_DIR).glob("*.safetensors")), "weights must be safetensors"
+    assert not list(Path(ckpt, MODEL_DIR).glob("*.bin"))
+    _reload_matches_probe(ckpt, task)
+    assert Path(result.run_dir, "tensorboard").is_dir()
+    assert result.best_checkpoint is not None
+
+
+def test_merge_on_save_writes_full_weights(ray_cluster, tmp_path):
+    spec = _spec(tmp_path, "sequence-classification", lora=True, zero=2, lr=1e-2, steps=20,
+                 lora__merge_on_save=True)
+    result = _fit(spec, tmp_path)
+    ckpt = result.latest_checkpoint
+    assert read_manifest(ckpt).kind == "merged"
+    assert not Path(ckpt, MODEL_DIR, "adapter_config.json").exists()
+    _reload_matches_probe(ckpt, "sequence-classification")
+
+
+def test_rerun_with_same_name_resumes(ray_cluster, tmp_path):
+    spec = _spec(tmp_path, "sequence-classification", steps=40)
+    first = _fit(spec.model_copy(update={"schedule": spec.schedule.model_copy(update={"max_steps": 20})}),
+                 tmp_path, name="resumable")
+    assert first.metrics["step"] == 20
+    second = _fit(spec, tmp_path, name="resumable")
+    assert second.metrics["resumed_from_step"] == 20
+    assert second.metrics["step"] == 40
+
+
+def test_worker_killed_mid_run_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
+    import psutil
+
+    spec = _spec(tmp_path, "sequence-classification", steps=400, scaling__max_failures=2,
+                 schedule__eval_every_steps=50)
+    run_dir = tmp_path / "results" / "killed"
+    killed: dict = {}
+
+    def kill_after_two_checkpoints():
+        # Two on disk: the first is surely registered; the newest may still be in flight.
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(run_dir.glob("checkpoint_*/zerotune.json"))) < 2:
+            time.sleep(0.05)
+        workers = [p for p in psutil.process_iter(["cmdline"])
+                   if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        if workers:
+            workers[-1].kill()
+            killed["pid"] = workers[-1].pid
+            killed["checkpoints"] = sorted(p.parent.name for p in run_dir.glob("checkpoint_*/zerotune.json"))
+
+    killer = threading.Thread(target=kill_after_two_checkpoints, daemon=True)
+    killer.start()
+    result = _fit(spec, tmp_path, name="killed")
+    killer.join(timeout=5)
+    assert killed.get("pid"), "no training worker was found to kill"
+    m = result.metrics
+    assert m["step"] == 400
+    resumed = m["resumed_from_step"]
+    latest_at_kill = int(killed["checkpoints"][-1].split("_")[1])
+    # It continued from a checkpoint (not from scratch), no older than one interval before the
+    # newest on disk at the kill (which may not have been registered yet).
+    assert resumed > 0 and resumed % 50 == 0
+    assert resumed >= latest_at_kill - 50
+
+
+def test_nan_loss_stops_with_a_clear_error_and_no_retry(ray_cluster, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from trainers.launch import TrainingDivergedError
+
+    spec = _spec(tmp_path, "sequence-classification", steps=60, scaling__max_failures=3)
+    # A corrupted weight (NaN) makes the very first loss NaN, as a real blow-up would.
+    model = AutoModelForSequenceClassification.from_pretrained(spec.model.name_or_path)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    model.save_pretrained(spec.model.name_or_path, safe_serialization=True)
+    with pytest.raises(TrainingDivergedError, match="Lower train.optim.lr") as info:
+        _fit(spec, tmp_path, name="nan")
+    assert "at step 1" in str(info.value)
+    # Not retried: the only checkpoint is the divergence marker, and a rerun refuses to resume it.
+    assert [p.name for p in (tmp_path / "results" / "nan").glob("checkpoint_0*")] == ["checkpoint_000001_diverged"]
+    with pytest.raises(TrainingDivergedError, match="diverged earlier"):
+        _fit(spec, tmp_path, name="nan")

@@ -1,0 +1,217 @@
+"""Read, check and split the data a spec names.
+
+`load_splits` is deterministic (seeded), so the driver can check everything before any worker
+starts (a missing column names the columns that exist; a bad label names its row) and every
+worker then reads the very same splits. Rows are plain dicts; tokenization lives in encode.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import DataSection, Task
+from .errors import DataError
+from .model import resolve_package_path
+
+ROW = "_row"  # 1-based record number in its source file, for error messages
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    labels: list[str] | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _format_of(uri: str, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    name = uri.split("?")[0].lower()
+    for ext, kind in ((".csv", "csv"), (".jsonl", "jsonl"), (".json", "jsonl"), (".parquet", "parquet"),
+                      (".pq", "parquet")):
+        if name.endswith(ext):
+            return kind
+    raise DataError(f"{uri}: cannot tell the file format from its name; set train.data.format "
+                    "(csv, jsonl or parquet)")
+
+
+def _open_table(uri: str, fmt: str):
+    import pyarrow.csv as pcsv
+    import pyarrow.fs as pfs
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    if uri.startswith("pkg://"):
+        try:
+            uri = str(resolve_package_path(uri))
+        except Exception as err:  # ModelNotFoundError's wording names the package; keep it
+            raise DataError(str(err)) from None
+    if "://" in uri:
+        fs, path = pfs.FileSystem.from_uri(uri)
+    else:
+        local = Path(uri).expanduser()
+        if not local.is_file():
+            near = sorted(p.name for p in local.parent.glob("*"))[:10] if local.parent.is_dir() else []
+            raise DataError(f"data file {uri!r} not found (looked at {local.resolve()})."
+                            + (f" That folder has: {', '.join(near)}" if near else ""))
+        fs, path = pfs.LocalFileSystem(), str(local.resolve())
+    kind = _format_of(uri, fmt)
+    try:
+        with fs.open_input_file(path) as f:
+            if kind == "csv":
+                return pcsv.read_csv(f)
+            if kind == "jsonl":
+                return pjson.read_json(f)
+            return pq.read_table(f)
+    except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise DataError(f"{uri}: could not read it as {kind}: {err}") from None
+
+
+def _decode(value: Any) -> Any:
+    # Invalid UTF-8 in a text column makes pyarrow type it binary; keep the rows, replace bad bytes.
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def read_rows(uri: str, fmt: str = "auto") -> list[dict[str, Any]]:
+    if uri.startswith("hf://"):
+        return _read_hub(uri)
+    table = _open_table(uri, fmt)
+    columns = {name: [_decode(v) for v in table.column(name).to_pylist()] for name in table.column_names}
+    return [{ROW: i + 1, **{c: columns[c][i] for c in columns}} for i in range(table.num_rows)]
+
+
+def _read_hub(uri: str) -> list[dict[str, Any]]:
+    """hf://<dataset>[#split] for clusters with network access."""
+    name, _, split = uri.removeprefix("hf://").partition("#")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as err:
+        raise DataError(f"{uri}: could not load dataset {name!r}: {err}") from None
+    return [{ROW: i + 1, **row} for i, row in enumerate(ds)]
+
+
+def _columns_for(data: DataSection, task: Task) -> list[str]:
+    if task == "sequence-classification":
+        return [data.text_column, *([data.text_pair_column] if data.text_pair_column else []), data.label_column]
+    if task == "token-classification":
+        return [data.tokens_column, data.tags_column]
+    return [data.messages_column] if data.messages_column else [data.prompt_column, data.completion_column]
+
+
+def _as_list(value: Any, where: str, what: str) -> list[str]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise DataError(f"{where}: {what} is not a valid JSON list: {text[:60]!r}") from None
+        else:
+            value = text.split()
+    if not isinstance(value, list | tuple):
+        raise DataError(f"{where}: {what} must be a list, got {type(value).__name__}")
+    return [str(v) for v in value]
+
+
+def _check_rows(rows: list[dict], data: DataSection, task: Task, name: str, source: str) -> list[dict]:
+    """Only the task's columns, normalised, every row checked; errors name the row."""
+    if not rows:
+        raise DataError(f"{name} data ({source}) is empty")
+    want = _columns_for(data, task)
+    have = [c for c in rows[0] if c != ROW]
+    missing = [c for c in want if c not in rows[0]]
+    if missing:
+        raise DataError(f"{name} data ({source}) has no column {', '.join(map(repr, missing))}. "
+                        f"These columns exist: {', '.join(have)}. Set the train.data.*_column fields to match.")
+    out = []
+    for row in rows:
+        where = f"{name} data ({source}) row {row[ROW]}"
+        clean = {ROW: row[ROW]}
+        if task == "token-classification":
+            tokens = _as_list(row[data.tokens_column], where, data.tokens_column)
+            tags = _as_list(row[data.tags_column], where, data.tags_column)
+            if len(tokens) != len(tags) or not tokens:
+                raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; each word needs one tag")
+            clean.update(tokens=tokens, tags=tags)
+        elif task == "causal-lm" and data.messages_column:
+            msgs = row[data.messages_column]
+            msgs = json.loads(msgs) if isinstance(msgs, str) else msgs
+            if not msgs or not isinstance(msgs, list) or msgs[-1].get("role") != "assistant":
+                raise DataError(f"{where}: messages must be a list ending with an assistant turn")
+            clean["messages"] = [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
+        else:
+            for c in want:
+                value = row[c]
+                if value is None or (isinstance(value, float) and value != value):
+                    raise DataError(f"{where}: column {c!r} is empty")
+                clean[c] = str(value)
+        out.append(clean)
+    return out
+
+
+def _resolve_labels(train: list[dict], data: DataSection, task: Task, given: list[str] | None) -> list[str] | None:
+    if task == "causal-lm":
+        return None
+    if given:
+        return list(given)
+    if task == "sequence-classification":
+        names = sorted({r[data.label_column] for r in train})
+    else:
+        names = sorted({t for r in train for t in r["tags"]})
+    if len(names) < 2:
+        raise DataError(f"training data has a single label {names}; classification needs at least 2")
+    return names
+
+
+def _check_labels(rows: list[dict], data: DataSection, task: Task, labels: list[str], name: str, source: str) -> None:
+    allowed = set(labels)
+    for r in rows:
+        found = [r[data.label_column]] if task == "sequence-classification" else r["tags"]
+        for value in found:
+            if value not in allowed:
+                raise DataError(f"{name} data ({source}) row {r[ROW]}: label {value!r} is not one of {labels}. "
+                                "Fix the row, or list every label in train.model.labels.")
+
+
+def load_splits(data: DataSection, task: Task, labels: list[str] | None = None) -> Splits:
+    """Train/validation/test rows, checked. Deterministic for a given spec."""
+    rng = random.Random(data.seed)
+    train = _check_rows(read_rows(data.train, data.format), data, task, "train", data.train)
+    sources = {"train": data.train}
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    n = len(order)
+    n_test = 0 if data.test else int(n * data.test_fraction)
+    n_val = 0 if data.validation else int(n * data.validation_fraction)
+    test = [train[i] for i in order[:n_test]]
+    validation = [train[i] for i in order[n_test:n_test + n_val]]
+    train_rows = [train[i] for i in order[n_test + n_val:]]
+    for name, uri in (("validation", data.validation), ("test", data.test)):
+        if uri:
+            rows = _check_rows(read_rows(uri, data.format), data, task, name, uri)
+            validation, test = (rows, test) if name == "validation" else (validation, rows)
+            sources[name] = uri
+        else:
+            sources[name] = f"{data.train} (seeded split)"
+    if data.max_train_samples:
+        train_rows = train_rows[: data.max_train_samples]
+    if data.max_eval_samples:
+        validation, test = validation[: data.max_eval_samples], test[: data.max_eval_samples]
+    if not train_rows:
+        raise DataError(f"the train split of {data.train} is empty after holding out validation/test rows")
+    if not validation:
+        raise DataError("the validation split is empty: give train.data.validation, or set "
+                        "train.data.validation_fraction above 0 with enough rows to split")
+    resolved = _resolve_labels(train_rows, data, task, labels)
+    if resolved:
+        for name, rows in (("train", train_rows), ("validation", validation), ("test", test)):
+            _check_labels(rows, data, task, resolved, name, sources[name])
+    return Splits(train=train_rows, validation=validation, test=test, labels=resolved, sources=sources)
