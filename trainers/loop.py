@@ -121,7 +121,8 @@ def train_loop(config: dict) -> None:
     def report(train_loss: float, throughput: dict[str, float]) -> None:
         metrics = {**evaluate(), "train_loss": train_loss, "step": state.step, "epoch": state.epoch,
                    "lr": float(engine.get_lr()[0]), "trainable_params": params[0], "total_params": params[1],
-                   "peak_memory_mb": _peak_memory_mb(on_gpu), "diverged": 0, "resumed_from_step": resumed_from,
+                   "peak_memory_mb": _peak_memory_mb(on_gpu), "optimizer_state_mb": _optimizer_state_mb(engine),
+                   "diverged": 0, "resumed_from_step": resumed_from,
                    **throughput}
         if writer:
             for k, v in metrics.items():
@@ -329,6 +330,16 @@ def _progress(state, total, loss, lr, throughput, start) -> None:
     _say(f"step {state.step}/{total} ({100 * state.step / total:.0f}%) epoch {state.epoch} "
          f"loss {loss:.4f} lr {lr:.2e} {throughput['samples_per_s']:.1f} samples/s "
          f"eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+
+
+def _optimizer_state_mb(engine) -> float:
+    """This rank's optimizer state (Adam's moments), which ZeRO-1/2/3 shard across ranks.
+    ZeRO's own fp32 master partitions are not counted."""
+    inner = engine.optimizer
+    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+        inner = inner.optimizer
+    tensors = [t for st in getattr(inner, "state", {}).values() for t in st.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors if t.dim() > 0) / 2**20
 
 
 def _say(message: str) -> None:
