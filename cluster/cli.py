@@ -10,8 +10,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import yaml
+
+from serving.config import ServeSection
 
 from .errors import UserError
 from .loader import load_spec
@@ -75,6 +78,78 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.app import serve_config, start
+    from serving.client import example_request
+    from trainers.checkpoint import read_manifest
+
+    from .connect import connect
+
+    spec = load_spec(args.file, args.overrides)
+    serve_section = spec.serve or ServeSection()
+    checkpoint = args.checkpoint or best_checkpoint(spec)
+    if args.emit_config:
+        Path(args.emit_config).write_text(yaml.safe_dump(serve_config(checkpoint, serve_section), sort_keys=False))
+        print(f"[zerotune] wrote a Serve config for `serve deploy {args.emit_config}`")
+        return 0
+    task = read_manifest(checkpoint).task
+    conn = connect(spec.cluster)
+    url = start(checkpoint, serve_section)
+    print(f"[zerotune] serving {checkpoint}\n  at {url}  (OpenAPI docs: {url}/docs)\n  try: {example_request(url, task)}")
+    if conn.embedded and not args.detach:
+        _wait_for_interrupt(serve_section.app_name)
+    return 0
+
+
+def best_checkpoint(spec: ExperimentSpec) -> str:
+    """The sweep winner's checkpoint from <storage>/<name>/best.json."""
+    from trainers.launch import resolve_storage
+
+    path = Path(resolve_storage(spec.cluster.storage_path)) / spec.name / "best.json"
+    if not path.is_file():
+        raise UserError(f"no sweep winner at {path}. Run `zerotune tune {spec.name}.yaml` (or `zerotune run`) "
+                        "first, or pass --checkpoint PATH")
+    return json.loads(path.read_text())["checkpoint"]
+
+
+def _wait_for_interrupt(app_name: str) -> None:
+    """An embedded Ray ends with this process: keep serving until Ctrl-C, then drain and stop."""
+    import time
+
+    from ray import serve
+
+    print("[zerotune] serving until Ctrl-C", flush=True)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        serve.delete(app_name)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .submit import submit
+
+    spec = load_spec(args.file, args.overrides)  # a bad spec fails here, not on the cluster
+    job_id, status = submit(spec, args.file, args.overrides, command=args.command_name, address=args.address,
+                            working_dir=args.working_dir, follow=not args.no_follow)
+    print(f"[zerotune] job {job_id}: {status}")
+    return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
+
+
+def _cmd_cluster_render(args: argparse.Namespace) -> int:
+    from .render import render
+
+    spec = load_spec(args.file, args.overrides)
+    files = render(spec, args.provider, spec_path=args.file, overrides=args.overrides,
+                   checkpoint=args.checkpoint, working_dir=args.working_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(f"[zerotune] wrote {out / name}")
+    return 0
+
+
 def _not_landed(what: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         load_spec(args.file, args.overrides)  # still catch spec mistakes first
@@ -107,9 +182,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("serve", help="serve a checkpoint (or the sweep winner) with Ray Serve")
+    _add_spec_args(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", help="a zerotune checkpoint directory")
+    which.add_argument("--best", action="store_true", help="the sweep winner in <storage>/<name>/best.json (default)")
+    p.add_argument("--emit-config", metavar="FILE", help="write a Serve config for `serve deploy` and exit")
+    p.add_argument("--detach", action="store_true", help="return once deployed (embedded Ray stops with it)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("submit", help="submit the job to a running Ray cluster (Jobs API) and follow its logs")
+    _add_spec_args(p)
+    p.add_argument("--address", help=f"Jobs API address (default: RAY_API_SERVER_ADDRESS or {'http://127.0.0.1:8265'})")
+    p.add_argument("--command", dest="command_name", default="run", choices=["run", "train", "tune"],
+                   help="what the cluster runs (default: run)")
+    p.add_argument("--working-dir", default=".", help="directory shipped with the job (default: .)")
+    p.add_argument("--no-follow", action="store_true", help="return after submitting")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("cluster", help="cluster descriptions rendered from the spec")
+    csub = p.add_subparsers(dest="cluster_command", required=True)
+    p = csub.add_parser("render", help="write a Ray cluster-launcher YAML (aws, gcp) or KubeRay manifests")
+    _add_spec_args(p)
+    p.add_argument("--provider", choices=["aws", "gcp", "kuberay"], help="default: cluster.provider")
+    p.add_argument("--out", default=".", help="directory to write into (default: .)")
+    p.add_argument("--checkpoint", help="kuberay: the checkpoint the RayService serves")
+    p.add_argument("--working-dir", help="kuberay: URI of the zipped working directory")
+    p.set_defaults(func=_cmd_cluster_render)
+
     for name, help_ in [
         ("tune", "search hyperparameters with Ray Tune"),
-        ("serve", "serve a checkpoint with Ray Serve"),
         ("run", "tune, pick the winner, serve it"),
     ]:
         p = sub.add_parser(name, help=help_)

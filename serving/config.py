@@ -14,14 +14,23 @@ class ServeSection(Section):
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
     route_prefix: str = Field(default="/", pattern=r"^/", description="URL prefix of the app.")
     app_name: str = Field(default="zerotune", pattern=r"^[A-Za-z0-9_.-]+$", description="Serve application name.")
-    max_batch_size: int = Field(default=16, ge=1, description="Most requests merged into one forward pass.")
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0.0, description="How long a batch waits to fill.")
+    max_batch_size: int = Field(default=16, ge=1, description="Most inputs, across requests, in one forward pass.")
+    batch_wait_timeout_s: float = Field(
+        default=0.0, ge=0.0,
+        description="Extra time a batch waits to fill. 0 still batches under load (requests that arrive "
+        "during a forward pass share the next one) and adds no latency to a lone request.",
+    )
     min_replicas: int = Field(default=1, ge=0, description="Autoscaling floor.")
     max_replicas: int = Field(default=1, ge=1, description="Autoscaling ceiling.")
     target_ongoing_requests: float = Field(default=4.0, gt=0, description="Autoscaling target per replica.")
-    max_ongoing_requests: int = Field(default=64, ge=1, description="In-flight requests per replica.")
+    max_ongoing_requests: int = Field(
+        default=256, ge=1,
+        description="Requests a replica holds at once; they wait inside it for a batch. Keep it well above "
+        "max_batch_size: beyond it requests wait in the proxy, which retries with backoff (up to 0.5 s).",
+    )
     max_queued_requests: int = Field(
-        default=256, ge=-1, description="Queued requests before 503s (backpressure); -1: unbounded."
+        default=256, ge=-1,
+        description="Requests waiting in the proxy (all replicas full) before it answers 503 at once; -1: unbounded.",
     )
     num_cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs per replica.")
     num_gpus_per_replica: float = Field(default=0.0, ge=0, description="GPU (fraction) per replica.")
@@ -41,6 +50,12 @@ class ServeSection(Section):
     max_chars_per_item: int = Field(default=4000, ge=1, description="Characters per input; more answers 422.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Request body size; more answers 413.")
     max_new_tokens: int = Field(default=256, ge=1, description="Ceiling on max_tokens for completions.")
+    graceful_shutdown_timeout_s: float = Field(
+        default=20.0, ge=0, description="How long a stopping replica drains in-flight requests before it is killed."
+    )
+    health_check_period_s: float = Field(
+        default=10.0, gt=0, description="Seconds between replica health checks (each runs the model on a tiny input)."
+    )
 
     @model_validator(mode="after")
     def _replicas(self) -> ServeSection:
@@ -50,4 +65,9 @@ class ServeSection(Section):
             )
         if self.auth_token_env and self.auth_token_file:
             raise ValueError("set one of auth_token_env or auth_token_file, not both")
+        if self.quantize == "int8" and (self.num_gpus_per_replica > 0 or self.dtype not in ("auto", "fp32")):
+            raise ValueError(
+                "quantize 'int8' (dynamic, CPU) needs num_gpus_per_replica 0 and dtype 'auto' or 'fp32'; "
+                f"got num_gpus_per_replica {self.num_gpus_per_replica} and dtype {self.dtype!r}"
+            )
         return self

@@ -95,7 +95,20 @@ def _read_hub(uri: str) -> list[dict[str, Any]]:
         ds = datasets.load_dataset(name, split=split or "train")
     except Exception as err:
         raise DataError(f"{uri}: could not load dataset {name!r}: {err}") from None
-    return [{ROW: i + 1, **row} for i, row in enumerate(ds)]
+    # Class-label columns hold ids; the names are what specs, checkpoints and responses use.
+    names = {}
+    for col, feature in ds.features.items():
+        inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) for NER tags
+        if isinstance(feature, datasets.ClassLabel):
+            names[col] = (feature.int2str, False)
+        elif isinstance(inner, datasets.ClassLabel):
+            names[col] = (inner.int2str, True)
+    rows = []
+    for i, row in enumerate(ds):
+        for col, (to_str, is_list) in names.items():
+            row[col] = [to_str(v) for v in row[col]] if is_list else to_str(row[col])
+        rows.append({ROW: i + 1, **row})
+    return rows
 
 
 def _columns_for(data: DataSection, task: Task) -> list[str]:
