@@ -22,9 +22,12 @@ test: install
 test-unit: install
 	$(PY) -m pytest tests -m "not integration and not e2e"
 
+# The quickstart: tune MiniLM + LoRA on real tweets, serve the winner, score held-out tweets
+# through HTTP beside a TF-IDF baseline, then exit (drop --exit to keep serving). --resume
+# makes a second `make demo` reuse the finished sweep instead of refusing to overwrite it.
 demo: install
 	$(VENV)/bin/zerotune validate examples/quickstart.yaml
-	$(VENV)/bin/zerotune train examples/quickstart.yaml
+	$(VENV)/bin/zerotune run examples/quickstart.yaml --resume --exit
 
 lint: install
 	$(VENV)/bin/ruff check cluster trainers tuning serving tests bench

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -95,7 +95,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     task = read_manifest(checkpoint).task
     conn = connect(spec.cluster)
     url = start(checkpoint, serve_section)
-    print(f"[zerotune] serving {checkpoint}\n  at {url}  (OpenAPI docs: {url}/docs)\n  try: {example_request(url, task)}")
+    print(f"[zerotune] serving {checkpoint}\n  at {url}  (OpenAPI docs: {url}/docs)\n"
+          f"  try: {example_request(url, task, serve_section)}")
     if conn.embedded and not args.detach:
         _wait_for_interrupt(serve_section.app_name)
     return 0
@@ -150,12 +151,33 @@ def _cmd_cluster_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_landed(what: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        load_spec(args.file, args.overrides)  # still catch spec mistakes first
-        raise UserError(f"`zerotune {what}` is not available in this version yet; nothing was run.")
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import format_summary, run_job
 
-    return run
+    spec = load_spec(args.file, args.overrides)
+    summary = run_job(spec, resume=args.resume)
+    print(format_summary(summary), flush=True)
+    from .connect import describe
+
+    if summary.url and describe().embedded and not args.exit:
+        _wait_for_interrupt((spec.serve or ServeSection()).app_name)
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from tuning.sweep import run_sweep
+
+    from .connect import connect
+
+    spec = load_spec(args.file, args.overrides)
+    if spec.tune is None:
+        raise UserError(f"{args.file} has no tune: section; add one (see examples/quickstart.yaml) or use "
+                        "`zerotune train`")
+    connect(spec.cluster)
+    result = run_sweep(spec.tune, spec.train, storage_path=spec.cluster.storage_path, name=spec.name,
+                       resume=args.resume)
+    print(f"[zerotune] best.json and the trial report are in {result.path}")
+    return 0
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -210,13 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--working-dir", help="kuberay: URI of the zipped working directory")
     p.set_defaults(func=_cmd_cluster_render)
 
-    for name, help_ in [
-        ("tune", "search hyperparameters with Ray Tune"),
-        ("run", "tune, pick the winner, serve it"),
-    ]:
-        p = sub.add_parser(name, help=help_)
-        _add_spec_args(p)
-        p.set_defaults(func=_not_landed(name))
+    p = sub.add_parser("tune", help="search hyperparameters with Ray Tune; writes best.json and a report")
+    _add_spec_args(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("run", help="tune (or train), pick the winner, serve it, score held-out data")
+    _add_spec_args(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    p.add_argument("--exit", action="store_true", help="exit after the summary instead of serving until Ctrl-C")
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

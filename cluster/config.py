@@ -107,7 +107,11 @@ class ClusterSection(Section):
     num_cpus: int | None = Field(
         default=None, ge=1, description="CPUs for an embedded local Ray; empty: all of this machine's."
     )
-    include_dashboard: bool = Field(default=False, description="Start the Ray dashboard (embedded Ray only).")
+    include_dashboard: bool = Field(
+        default=True,
+        description="Start the Ray dashboard (embedded Ray only). Ray Train relies on its state API to release a "
+        "stopped trial's workers, so leave it on unless you know you do not need it.",
+    )
     dashboard_host: str = Field(
         default="127.0.0.1",
         description="Dashboard bind address of an embedded Ray and of rendered cluster-launcher heads; loopback by "

@@ -21,12 +21,17 @@ def classify(url: str, texts: Sequence[str], *, token: str | None = None, batch:
     return labels
 
 
-def example_request(url: str, task: str) -> str:
-    """A curl line a person can paste to try the endpoint."""
+def example_request(url: str, task: str, serve=None) -> str:
+    """A curl line a person can paste to try the endpoint (naming, never showing, the token)."""
     if task == "sequence-classification":
         path, body = "v1/classify", '{"inputs": ["I love this!", "this is awful"]}'
     elif task == "token-classification":
         path, body = "v1/tag", '{"inputs": ["Alice visited Paris"]}'
     else:
         path, body = "v1/completions", '{"prompt": "Hello", "max_tokens": 16}'
-    return f"curl -s -X POST {url}/{path} -H 'Content-Type: application/json' -d '{body}'"
+    auth = ""
+    if serve is not None and serve.auth_token_env:
+        auth = f' -H "Authorization: Bearer ${serve.auth_token_env}"'
+    elif serve is not None and serve.auth_token_file:
+        auth = f' -H "Authorization: Bearer $(cat {serve.auth_token_file})"'
+    return f"curl -s -X POST {url}/{path} -H 'Content-Type: application/json'{auth} -d '{body}'"

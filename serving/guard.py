@@ -36,7 +36,8 @@ def read_token(serve: ServeSection) -> str | None:
         if not token:
             raise UserError(
                 f"serve.auth_token_env is {serve.auth_token_env!r} but that environment variable is unset or "
-                "empty in the replica's process. Set it on every node (or in cluster.runtime_env.env_vars)."
+                "empty in the replica's process. Set it in every node's environment before Ray starts (secrets never "
+                "go in the spec)."
             )
         return token
     if serve.auth_token_file:

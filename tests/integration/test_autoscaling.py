@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.net import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -117,10 +118,6 @@ def test_workers_are_added_while_trials_wait_and_removed_when_idle():
 # --------------------------------------------------------------------------- the fake cluster
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes() -> dict[int, tuple[int, str]]:
@@ -185,7 +182,7 @@ def _isolated_cluster_class():
 
             self._temp_dir = temp_dir
             self._ip = ray._private.services.get_node_ip_address()
-            self._port = _free_port()
+            self._port = free_port()
             super().__init__(head_resources, worker_node_types, **config_kwargs)
 
         def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **config_kwargs):
@@ -207,8 +204,8 @@ def _isolated_cluster_class():
                 f"--autoscaling-config={config_path}",
                 f"--temp-dir={self._temp_dir}",
                 f"--port={self._port}",
-                f"--ray-client-server-port={_free_port()}",
-                f"--dashboard-agent-listen-port={_free_port()}",
+                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
                 "--min-worker-port=0", "--max-worker-port=0",
                 "--include-dashboard=false",
                 "--disable-usage-stats",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from serving.schemas import (
     ModelList,
     TagResponse,
 )
+from tests.net import free_port
 from tests.unit.test_serving_checkpoints import (
     CLS_LABELS,
     classifier_checkpoint,
@@ -37,10 +37,6 @@ CLS_BATCH = 8
 LM_MAX_NEW = 40
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,7 @@ def urls(ray_cluster, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serving")
     (root / "token").write_text(TOKEN + "\n")
-    port = _free_port()
+    port = free_port()
     small = {"port": port, "num_cpus_per_replica": 0.2}
     specs = {
         "adapter": ServeSection(**small, app_name="adapter", route_prefix="/adapter"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.net import free_port
 from tests.tiny import make_model, sentiment_rows, write_csv
 
 pytestmark = pytest.mark.integration
@@ -24,15 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def head_node(tmp_path):
-    gcs, dashboard, agent = _free_port(), _free_port(), _free_port()
+    gcs, dashboard, agent = free_port(), free_port(), free_port()
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(

@@ -1,0 +1,130 @@
+"""`zerotune run`: tune (or train) -> winner -> serve -> held-out check, on one cluster.
+
+The composition root's job: each stage is a call into its package; this module only orders
+them, reports progress, and writes one summary beside the run's other files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainers.checkpoint import read_manifest, read_spec
+
+from .connect import connect
+from .spec import ExperimentSpec
+
+
+@dataclass
+class RunSummary:
+    name: str
+    run_dir: str
+    checkpoint: str
+    winner_values: dict[str, Any]
+    validation_metrics: dict[str, float]
+    test_rows: int = 0
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    url: str | None = None
+    example: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _stage(n: int, total: int, what: str) -> None:
+    print(f"\n[zerotune] stage {n}/{total}: {what}", flush=True)
+
+
+def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
+    from trainers.launch import fit, resolve_storage
+
+    storage = resolve_storage(spec.cluster.storage_path)
+    total = 3 if spec.serve else 1
+    conn = connect(spec.cluster)
+    print(f"[zerotune] Ray: {'embedded local' if conn.embedded else 'cluster at ' + conn.address} "
+          f"({conn.num_cpus:g} CPUs, {conn.num_gpus:g} GPUs)", flush=True)
+    seconds: dict[str, float] = {}
+
+    started = time.time()
+    if spec.tune:
+        from tuning.sweep import run_sweep
+
+        _stage(1, total, "tune: search, stop weak trials early, pick the winner")
+        sweep = run_sweep(spec.tune, spec.train, storage_path=storage, name=spec.name, resume=resume)
+        checkpoint, values = sweep.best["checkpoint"], dict(sweep.best.get("config", {}))
+        validation = {k: v for k, v in sweep.best.get("metrics", {}).items() if k.startswith("eval_")}
+        run_dir = sweep.path
+    else:
+        _stage(1, total, "train")
+        result = fit(spec.train, storage_path=storage, name=spec.name)
+        checkpoint, values = result.best_checkpoint or result.latest_checkpoint, {}
+        validation = {k: v for k, v in (result.best_metrics or result.metrics).items() if k.startswith("eval_")}
+        run_dir = result.run_dir
+    seconds["train"] = time.time() - started
+    summary = RunSummary(name=spec.name, run_dir=run_dir, checkpoint=checkpoint, winner_values=values,
+                         validation_metrics=validation, seconds=seconds)
+
+    if spec.serve:
+        from serving.app import start
+        from serving.client import example_request
+
+        _stage(2, total, "serve the winner")
+        started = time.time()
+        summary.url = start(checkpoint, spec.serve)
+        summary.example = example_request(summary.url, read_manifest(checkpoint).task, spec.serve)
+        seconds["serve"] = time.time() - started
+
+        _stage(3, total, "held-out test: the served model through HTTP, beside a TF-IDF baseline")
+        started = time.time()
+        _held_out(summary, spec)
+        seconds["test"] = time.time() - started
+
+    if "://" not in run_dir:
+        Path(run_dir, "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    return summary
+
+
+def _held_out(summary: RunSummary, spec: ExperimentSpec) -> None:
+    """Score the test split through the real endpoint (classification only)."""
+    from serving.client import classify
+    from serving.guard import read_token
+    from trainers.baseline import score, tfidf_baseline
+    from trainers.data import load_splits
+
+    train = read_spec(summary.checkpoint)  # the winner's own spec: its data and labels
+    if train.model.task != "sequence-classification":
+        print("[zerotune] held-out scoring through HTTP is done for sequence classification only", flush=True)
+        return
+    splits = load_splits(train.data, train.model.task, train.model.labels)
+    rows = splits.test or splits.validation
+    which = "test" if splits.test else "validation"
+    labels = splits.labels or []
+    index = {x: i for i, x in enumerate(labels)}
+    texts = [r[train.data.text_column] for r in rows]
+    predicted = classify(summary.url, texts, token=read_token(spec.serve))
+    gold = [index[r[train.data.label_column]] for r in rows]
+    summary.test_rows = len(rows)
+    summary.test_metrics = score(gold, [index[p] for p in predicted], len(labels))
+    summary.baseline_metrics = tfidf_baseline(train, split=which)
+
+
+def format_summary(s: RunSummary) -> str:
+    values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.winner_values.items())
+    shown = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in s.validation_metrics.items()
+                      if k in ("eval_accuracy", "eval_macro_f1", "eval_f1", "eval_loss", "eval_perplexity"))
+    lines = [f"\n=== zerotune run: {s.name} ===",
+             f"winner:        {values or 'the trained model'} (validation: {shown})",
+             f"checkpoint:    {s.checkpoint}"]
+    if s.test_metrics:
+        lines += [f"held-out test: {s.test_rows} rows, the served model scored through {s.url}/v1/classify",
+                  f"  {'':28}{'accuracy':>10}{'macro-F1':>10}",
+                  f"  {'zerotune (served)':28}{s.test_metrics['accuracy']:>10.4f}{s.test_metrics['macro_f1']:>10.4f}",
+                  f"  {'TF-IDF + logistic regression':28}{s.baseline_metrics['accuracy']:>10.4f}"
+                  f"{s.baseline_metrics['macro_f1']:>10.4f}"]
+    if s.url:
+        lines += [f"endpoint:      {s.url}   (OpenAPI: {s.url}/docs)", f"try:           {s.example}"]
+    lines += [f"run directory: {s.run_dir}",
+              "time:          " + ", ".join(f"{k} {v:.0f}s" for k, v in s.seconds.items())]
+    return "\n".join(lines)
