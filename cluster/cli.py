@@ -65,8 +65,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.file, args.overrides)
     conn = connect(spec.cluster)
-    print(f"[zerotune] Ray: {'embedded local' if conn.embedded else 'cluster at ' + conn.address} "
-          f"({conn.num_cpus:g} CPUs, {conn.num_gpus:g} GPUs)", flush=True)
+    print(f"[zerotune] {conn}", flush=True)
     result = fit(spec.train, storage_path=spec.cluster.storage_path, name=spec.name)
     metric = spec.train.resolved_metric
     print(f"\n[zerotune] {spec.name}: finished at step {result.metrics.get('step')}")

@@ -30,6 +30,11 @@ class Connection:
     num_gpus: float
     dashboard_url: str | None
 
+    def __str__(self) -> str:
+        where = "embedded local Ray" if self.embedded else f"Ray cluster at {self.address}"
+        dash = f", dashboard {self.dashboard_url}" if self.dashboard_url else ""
+        return f"{where} ({self.num_cpus:g} CPUs, {self.num_gpus:g} GPUs{dash})"
+
 
 def connect(cluster: ClusterSection | None = None) -> Connection:
     """Connect to (or start) Ray once per process and describe what we got."""

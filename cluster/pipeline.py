@@ -43,8 +43,7 @@ def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
     storage = resolve_storage(spec.cluster.storage_path)
     total = 3 if spec.serve else 1
     conn = connect(spec.cluster)
-    print(f"[zerotune] Ray: {'embedded local' if conn.embedded else 'cluster at ' + conn.address} "
-          f"({conn.num_cpus:g} CPUs, {conn.num_gpus:g} GPUs)", flush=True)
+    print(f"[zerotune] {conn}", flush=True)
     seconds: dict[str, float] = {}
 
     started = time.time()

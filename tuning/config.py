@@ -7,11 +7,12 @@ is one its field accepts.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from trainers.config import Section
+from trainers.config import Section, TrainSection
 
 
 class LogUniform(Section):
@@ -54,10 +55,18 @@ class QUniform(Section):
     def _order(self) -> QUniform:
         if not self.low < self.high:
             raise ValueError(f"low must be below high; got low={self.low}, high={self.high}")
+        # Ray Tune quantizes between multiples of q; say so at load time, not when the sweep starts.
+        for name, bound in (("low", self.low), ("high", self.high)):
+            if not math.isclose(bound / self.q, round(bound / self.q), abs_tol=1e-9):
+                raise ValueError(f"{name} must be a multiple of q; got {name}={bound:g}, q={self.q:g}")
         return self
 
+    @property
+    def is_integer(self) -> bool:
+        return all(float(x).is_integer() for x in (self.low, self.high, self.q))
+
     def examples(self) -> list[Any]:
-        cast = int if float(self.q).is_integer() and float(self.low).is_integer() else float
+        cast = int if self.is_integer else float
         return [cast(self.low), cast(self.high)]
 
 
@@ -88,6 +97,13 @@ class SchedulerSection(Section):
         default=None, ge=1, description="Most evaluation rounds a trial runs; empty: as many as training makes."
     )
 
+    @model_validator(mode="after")
+    def _grace_within_max_t(self) -> SchedulerSection:
+        if self.max_t is not None and self.max_t < self.grace_period:
+            raise ValueError(f"max_t must be at least grace_period; got max_t={self.max_t}, "
+                             f"grace_period={self.grace_period}")
+        return self
+
 
 class TuneSection(Section):
     metric: str | None = Field(default=None, description="Metric to optimise; empty: train's metric.")
@@ -106,3 +122,22 @@ class TuneSection(Section):
         default=None, ge=1, description="Trials at once; empty: as many as the cluster's CPUs/GPUs fit."
     )
     time_budget_s: float | None = Field(default=None, gt=0, description="Stop the sweep after this many seconds.")
+
+    def resolved_metric(self, train: TrainSection) -> str:
+        return self.metric or train.resolved_metric
+
+    def resolved_mode(self, train: TrainSection) -> Literal["max", "min"]:
+        """The mode given; else train's when the metric is train's; else what the metric's name says."""
+        if self.mode is not None:
+            return self.mode
+        if not self.metric:
+            return train.resolved_mode
+        return "min" if "loss" in self.metric or "perplexity" in self.metric else "max"
+
+    @model_validator(mode="after")
+    def _optuna_samples(self) -> TuneSection:
+        grids = [path for path, d in self.search_space.items() if isinstance(d, Grid)]
+        if self.search_alg == "optuna" and grids:
+            raise ValueError(f"search_alg 'optuna' samples its own points and cannot take grid domains "
+                             f"({', '.join(grids)}); use type: choice, or search_alg: random")
+        return self

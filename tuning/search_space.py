@@ -1,4 +1,5 @@
-"""Search-space paths: check them against `train:` and apply sampled values to it.
+"""Search-space paths: check them against `train:`, translate their domains to Ray Tune, and
+apply sampled values to `train:`.
 
 A path is dotted into the train section (`optim.lr`, `lora.r`). It must name a leaf field, and
 every value its domain can produce must be one that field accepts, so a bad search space fails
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from trainers.config import TrainSection
 from trainers.errors import did_you_mean
 
-from .config import TuneSection
+from .config import Choice, Domain, Grid, LogUniform, QUniform, TuneSection, Uniform
 
 
 def _leaf_problem(path: str) -> str | None:
@@ -52,7 +53,7 @@ def apply_values(train: TrainSection, values: dict[str, Any]) -> TrainSection:
     """A new, re-validated TrainSection with each dotted path set to its value."""
     doc = copy.deepcopy(train.model_dump(mode="json"))
     for path, value in values.items():
-        set_path(doc, path, value)
+        set_path(doc, path, plain(value))
     return TrainSection.model_validate(doc)
 
 
@@ -72,3 +73,41 @@ def check_search_space(tune: TuneSection, train: TrainSection) -> list[str]:
                 msgs = "; ".join(e["msg"] for e in err.errors())
                 problems.append(f"{where}: value {value!r} is rejected by train.{path}: {msgs}")
     return problems
+
+
+def to_tune(domain: Domain) -> Any:
+    """The Ray Tune search domain for one of ours (a grid becomes Tune's grid_search dict)."""
+    from ray import tune
+
+    if isinstance(domain, LogUniform):
+        return tune.loguniform(domain.low, domain.high)
+    if isinstance(domain, Uniform):
+        return tune.uniform(domain.low, domain.high)
+    if isinstance(domain, QUniform):
+        if domain.is_integer:  # integer fields (lora.r, max_steps) get ints, both bounds included
+            low, high, q = int(domain.low), int(domain.high), int(domain.q)
+            # Tune's qrandint excludes the upper bound when q == 1 only; randint always does.
+            return tune.randint(low, high + 1) if q == 1 else tune.qrandint(low, high, q)
+        return tune.quniform(domain.low, domain.high, domain.q)
+    if isinstance(domain, Choice):
+        return tune.choice(list(domain.values))
+    if isinstance(domain, Grid):
+        return tune.grid_search(list(domain.values))
+    raise TypeError(f"unknown domain {domain!r}")
+
+
+def param_space(tune: TuneSection) -> dict[str, Any]:
+    """Tune's param_space: one flat key per dotted path, so a trial's config is exactly the values
+    it sampled (the train spec itself travels separately)."""
+    return {path: to_tune(domain) for path, domain in tune.search_space.items()}
+
+
+def plain(value: Any) -> Any:
+    """A sampled value as plain JSON-able Python (Tune may hand back numpy scalars)."""
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,240 @@
+"""run_sweep on a real local Ray (2 CPUs): Tune trials that each run trainers.fit with one worker,
+so two trials train side by side; tiny LoRA BERT on learnable synthetic sentiment.
+
+Covers ASHA early stopping, the winner (best.json) against the table and its checkpoint, an
+absurd learning rate ranked last, a sweep whose driver is killed and then resumed without
+rerunning finished trials, and a sweep in which every trial fails on bad data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import make_model, sentiment_rows, write_csv
+from trainers.checkpoint import MODEL_DIR, read_manifest
+from trainers.config import TrainSection
+from tuning.config import TuneSection
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ABSURD_LR = 10.0
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tune-data")
+    return make_model(tmp / "model", "sequence-classification", "bert"), write_csv(tmp / "cls.csv", sentiment_rows(480))
+
+
+def _train(tiny_data, *, steps: int = 50, **extra) -> TrainSection:
+    model, data = tiny_data
+    doc = {
+        "model": {"name_or_path": model, "task": "sequence-classification"},
+        "lora": {"enabled": True, "r": 4},
+        "data": {"train": data, "validation_fraction": 0.2, "max_length": 24},
+        "optim": {"lr": 5e-2},
+        "schedule": {"epochs": 100, "max_steps": steps, "micro_batch_size": 16, "eval_every_steps": 10,
+                     "log_every_steps": 50},
+        "deepspeed": {"zero_stage": 0},
+        "scaling": {"num_workers": 1, "max_failures": 0},
+    }
+    for path, value in extra.items():
+        section, key = path.split("__")
+        doc[section][key] = value
+    return TrainSection.model_validate(doc)
+
+
+def _read_csv(path: str) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_asha_sweep_names_a_winner_and_ranks_an_absurd_lr_last(ray_cluster, tiny_data, tmp_path):
+    from tuning.sweep import run_sweep
+
+    tune = TuneSection.model_validate({
+        "search_space": {"optim.lr": {"type": "grid", "values": [1e-1, ABSURD_LR]},
+                         "lora.r": {"type": "grid", "values": [2, 8]}},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    })
+    result = run_sweep(tune, _train(tiny_data), storage_path=str(tmp_path / "results"), name="asha")
+    exp = Path(result.path)
+    rows = _read_csv(result.files["trials.csv"])
+    metric = "eval_macro_f1"
+    assert result.metric == metric and result.mode == "max"
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+
+    # ASHA stopped at least one trial before its training ended; finished ones ran every round.
+    early = [r for r in rows if r["stopped_early"] == "True"]
+    assert early, rows
+    assert all(int(r["rounds"]) < 5 for r in early)
+    assert all(int(r["rounds"]) == 5 for r in rows if r["status"] == "completed")
+
+    # best.json is the table's first row, and its checkpoint is that trial's best round.
+    best = json.loads((exp / "best.json").read_text())
+    assert best == result.best
+    top = rows[0]
+    assert best["trial_id"] == top["trial_id"]
+    assert best["value"] == pytest.approx(float(top[f"best_{metric}"]))
+    assert best["value"] == pytest.approx(max(float(r[f"best_{metric}"]) for r in rows if r[f"best_{metric}"]))
+    assert best["value"] > 0.7, rows  # the task is learnable; the winner learned it
+    assert best["metrics"][metric] == pytest.approx(best["value"])
+    assert best["checkpoint"] == top["checkpoint"]
+    ckpt = Path(best["checkpoint"])
+    assert ckpt.parent == exp / "runs" / f"trial_{best['trial_id']}"
+
+    # The winner's LoRA rank is the one its checkpoint holds.
+    rank = best["train"]["lora"]["r"]
+    assert rank == best["config"]["lora.r"] == int(float(top["lora.r"]))
+    adapter = json.loads((ckpt / MODEL_DIR / "adapter_config.json").read_text())
+    assert adapter["r"] == rank
+    assert read_manifest(ckpt).lora_r == rank
+    assert read_manifest(ckpt).metrics[metric] == pytest.approx(best["value"])
+
+    # Every trial reports its trainable parameters, and they grow with the LoRA rank.
+    params = {int(float(r["lora.r"])): int(r["trainable_params"]) for r in rows}
+    assert 0 < params[2] < params[8]
+
+    # The absurd learning rate ends up at the bottom of the table.
+    absurd = [i for i, r in enumerate(rows) if float(r["optim.lr"]) == ABSURD_LR]
+    assert absurd == list(range(len(rows) - len(absurd), len(rows))), rows
+
+    for name in ("trials.md", "trials.png", "learning_curves.png"):
+        assert (exp / name).stat().st_size > 0
+    assert (exp / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (exp / "trials.md").read_text()
+    assert f"{params[8]:,}" in md and "| yes |" in md  # parameters readable; early stops marked
+
+
+_DRIVER = """
+import json, sys
+from cluster.config import ClusterSection
+from cluster.connect import connect
+from trainers.config import TrainSection
+from tuning.config import TuneSection
+from tuning.sweep import run_sweep
+
+doc = json.loads(open(sys.argv[1]).read())
+connect(ClusterSection(address=doc["address"]))
+run_sweep(TuneSection.model_validate(doc["tune"]), TrainSection.model_validate(doc["train"]),
+          storage_path=doc["storage"], name=doc["name"])
+"""
+
+
+def _statuses(exp: Path) -> dict[str, str]:
+    """Trial statuses as the sweep's driver last saved them (what a resume starts from)."""
+    import logging
+
+    from ray.tune import ExperimentAnalysis
+
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level, quiet.level = quiet.level, logging.ERROR  # trials without results yet are expected here
+    try:
+        return {t.trial_id: t.status for t in ExperimentAnalysis(str(exp)).trials}
+    except Exception:  # the state file is not written yet, or is being replaced
+        return {}
+    finally:
+        quiet.setLevel(level)
+
+
+def _checkpoints(run_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in run_dir.glob("checkpoint_*/zerotune.json"))
+
+
+def _files(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(ray_cluster, tiny_data, tmp_path):
+    from tuning.sweep import SweepExistsError, run_sweep
+
+    # Short and long trials side by side (Tune varies max_steps fastest here): when a short one
+    # has finished, a long one is mid-way.
+    tune = TuneSection.model_validate({
+        "search_space": {"schedule.max_steps": {"type": "grid", "values": [10, 60]},
+                         "schedule.warmup_ratio": {"type": "grid", "values": [0.0, 0.1]}},
+        "scheduler": {"type": "none"},
+    })
+    train = _train(tiny_data)
+    storage, name = tmp_path / "results", "resumable"
+    exp = storage / name
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps({"address": ray_cluster.address, "storage": str(storage), "name": name,
+                                "tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}))
+    # Tune saves its experiment state every 10 s or more; every second here, so the statuses
+    # polled below are what a resume will find.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(spec)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        finished: set[str] = set()
+        midway: dict[str, list[str]] = {}
+        while time.time() < deadline and driver.poll() is None and not (finished and midway):
+            time.sleep(1)
+            statuses = _statuses(exp)
+            finished = {t for t, s in statuses.items() if s == "TERMINATED"}
+            # Two checkpoints on disk: the older one is surely registered with Train.
+            # (Tune saves a running trial as PENDING: that is how a resume will treat it.)
+            midway = {t: c for t, s in statuses.items() if s in ("PENDING", "RUNNING")
+                      and len(c := _checkpoints(exp / "runs" / f"trial_{t}")) >= 2 and "checkpoint_000060" not in c}
+        assert finished and midway, f"no finished and mid-way trials to kill at (driver exit {driver.poll()})"
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = {t: _files(exp / "runs" / f"trial_{t}") for t in finished}
+    results_before = {t: (exp / f"trial_{t}" / "result.json").read_text() for t in finished}
+
+    with pytest.raises(SweepExistsError, match="--resume"):
+        run_sweep(tune, train, storage_path=str(storage), name=name)
+    result = run_sweep(tune, train, storage_path=str(storage), name=name, resume=True)
+
+    rows = result.trials
+    ids = {r["trial_id"] for r in rows}
+    assert len(rows) == 4 and finished <= ids and set(midway) <= ids
+    assert all(r["status"] == "completed" for r in rows), rows
+    assert sorted(p.name for p in (exp / "runs").iterdir()) == sorted(f"trial_{t}" for t in ids)
+    assert sorted((r["schedule.max_steps"], r["schedule.warmup_ratio"]) for r in rows) == [
+        (10, 0.0), (10, 0.1), (60, 0.0), (60, 0.1)]
+    for t in finished:  # not run again: its Train run and its Tune results are untouched
+        assert _files(exp / "runs" / f"trial_{t}") == before[t]
+        assert (exp / f"trial_{t}" / "result.json").read_text() == results_before[t]
+    for r in rows:  # every trial trained to its own end (Train always keeps the latest checkpoint)
+        assert (exp / "runs" / f"trial_{r['trial_id']}" / f"checkpoint_{r['schedule.max_steps']:06d}").is_dir()
+    for t, seen in midway.items():  # the interrupted run continued from a checkpoint, not from step 0
+        last = _checkpoints(exp / "runs" / f"trial_{t}")[-1]
+        resumed = read_manifest(exp / "runs" / f"trial_{t}" / last).metrics["resumed_from_step"]
+        assert resumed >= int(seen[0].split("_")[1]), (t, seen, resumed)
+
+
+def test_every_trial_failing_on_bad_data_says_why_and_is_not_retried(ray_cluster, tiny_data, tmp_path):
+    from tuning.sweep import SweepFailedError, run_sweep
+
+    tune = TuneSection.model_validate({
+        "search_space": {"data.text_column": {"type": "grid", "values": ["tweet", "body"]}},
+        "scheduler": {"type": "none"},
+    })
+    with pytest.raises(SweepFailedError) as info:
+        run_sweep(tune, _train(tiny_data), storage_path=str(tmp_path / "results"), name="bad")
+    message = str(info.value)
+    assert "all 2 trials failed" in message and "DataError" in message and "'tweet'" in message, message
+    exp = tmp_path / "results" / "bad"
+    errors = sorted(exp.glob("trial_*/error.txt"))
+    assert len(errors) == 2
+    for error in errors:  # one failure each: not retried
+        assert error.read_text().count("Failure #") == 1
+    rows = _read_csv(str(exp / "trials.csv"))
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert not (exp / "best.json").exists()

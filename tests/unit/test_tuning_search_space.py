@@ -1,0 +1,153 @@
+"""The tune: section's domains translated to Ray Tune, sampled values applied to train:, the
+concurrency plan, and the checks that fail before a sweep starts (no Ray cluster)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from trainers.config import ScalingSection, TrainSection
+from trainers.errors import UserError
+from tuning.concurrency import ResourcesError, plan_concurrency
+from tuning.config import TuneSection
+from tuning.metric_names import check_metric, reported_metrics
+from tuning.search_space import apply_values, param_space, to_tune
+
+TRAIN = TrainSection.model_validate({
+    "model": {"name_or_path": "m", "task": "sequence-classification"},
+    "lora": {"enabled": True, "r": 8},
+    "data": {"train": "d.csv"},
+})
+
+
+def _domain(doc: dict):
+    return TuneSection.model_validate({"search_space": {"x": doc}}).search_space["x"]
+
+
+def _samples(domain, n: int = 400) -> list:
+    return [domain.sample(random_state=np.random.RandomState(seed)) for seed in range(n)]
+
+
+def test_loguniform_samples_in_range_and_spread_over_decades():
+    values = _samples(to_tune(_domain({"type": "loguniform", "low": 1e-5, "high": 1e-1})))
+    assert all(1e-5 <= v <= 1e-1 for v in values)
+    decades = {math.floor(math.log10(v)) for v in values}
+    assert decades == {-5, -4, -3, -2}  # log-uniform: every decade is hit, not just the top one
+    below = sum(v < 1e-3 for v in values) / len(values)
+    assert 0.35 < below < 0.65  # half the log-range lies below 1e-3
+
+
+def test_uniform_samples_in_range():
+    values = _samples(to_tune(_domain({"type": "uniform", "low": 0.0, "high": 0.3})))
+    assert all(0.0 <= v <= 0.3 for v in values)
+    assert max(values) > 0.25 and min(values) < 0.05
+
+
+def test_integer_quniform_gives_ints_with_both_bounds():
+    values = _samples(to_tune(_domain({"type": "quniform", "low": 4, "high": 16, "q": 4})))
+    assert set(values) == {4, 8, 12, 16}
+    assert all(isinstance(v, (int, np.integer)) for v in values)
+    step_one = _samples(to_tune(_domain({"type": "quniform", "low": 1, "high": 3, "q": 1})))
+    assert set(step_one) == {1, 2, 3}  # Tune's randint excludes its upper bound; ours includes it
+
+
+def test_float_quniform_is_quantized():
+    values = _samples(to_tune(_domain({"type": "quniform", "low": 0.0, "high": 0.5, "q": 0.1})))
+    assert {round(v, 6) for v in values} <= {0.0, 0.1, 0.2, 0.3, 0.4, 0.5}
+    assert len({round(v, 6) for v in values}) >= 5
+
+
+def test_quniform_bounds_must_be_multiples_of_q():
+    with pytest.raises(ValidationError, match="multiple of q"):
+        _domain({"type": "quniform", "low": 3, "high": 16, "q": 4})
+
+
+def test_choice_and_grid():
+    assert set(_samples(to_tune(_domain({"type": "choice", "values": [2, 4, 8]})))) == {2, 4, 8}
+    assert to_tune(_domain({"type": "grid", "values": [1e-3, 1e-2]})) == {"grid_search": [1e-3, 1e-2]}
+
+
+def test_param_space_has_one_flat_key_per_path():
+    tune = TuneSection.model_validate({"search_space": {
+        "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        "lora.r": {"type": "grid", "values": [4, 16]},
+    }})
+    space = param_space(tune)
+    assert list(space) == ["optim.lr", "lora.r"]
+    assert space["lora.r"] == {"grid_search": [4, 16]}
+
+
+def test_apply_values_revalidates_and_accepts_numpy_scalars():
+    train = apply_values(TRAIN, {"optim.lr": np.float64(3e-4), "lora.r": np.int64(16)})
+    assert train.optim.lr == pytest.approx(3e-4) and type(train.optim.lr) is float
+    assert train.lora.r == 16 and type(train.lora.r) is int
+    assert train.lora.resolved_alpha == 32  # derived values follow the sampled rank
+    assert TRAIN.lora.r == 8  # the base spec is untouched
+    with pytest.raises(ValidationError, match="lora.r"):
+        apply_values(TRAIN, {"lora.r": 0})
+
+
+def test_optuna_cannot_take_grids():
+    with pytest.raises(ValidationError, match="cannot take grid domains.*lora.r"):
+        TuneSection.model_validate({"search_alg": "optuna",
+                                    "search_space": {"lora.r": {"type": "grid", "values": [4, 8]}}})
+
+
+def test_asha_max_t_must_cover_the_grace_period():
+    with pytest.raises(ValidationError, match="max_t must be at least grace_period"):
+        TuneSection.model_validate({"scheduler": {"grace_period": 3, "max_t": 2}})
+
+
+def test_optuna_chosen_but_missing_is_a_clear_error():
+    pytest.importorskip("ray")
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("optuna is installed here")
+    from tuning.sweep import _require_optuna
+
+    with pytest.raises(UserError, match=r"optuna is not installed.*pip install optuna.*search_alg: random"):
+        _require_optuna()
+
+
+def test_metric_names_follow_the_task():
+    assert "eval_macro_f1" in reported_metrics("sequence-classification")
+    assert "eval_f1" in reported_metrics("token-classification")
+    assert "eval_perplexity" in reported_metrics("causal-lm")
+    with pytest.raises(UserError, match="Did you mean 'eval_macro_f1'"):
+        check_metric("eval_macro_f", "sequence-classification", "tune.metric")
+
+
+def _scaling(**kw) -> ScalingSection:
+    return ScalingSection.model_validate({"num_workers": 1, **kw})
+
+
+def test_concurrency_is_derived_from_cpus_and_gpus():
+    node = {"CPU": 8.0, "GPU": 2.0}
+    assert plan_concurrency(_scaling(num_workers=2), None, {"CPU": 8.0}, [node]) == (4, None)
+    gpu = _scaling(num_workers=1, use_gpu=True, cpus_per_worker=1)
+    assert plan_concurrency(gpu, None, {"CPU": 8.0, "GPU": 2.0}, [node]) == (2, None)  # GPUs limit it
+    many, note = plan_concurrency(_scaling(), 6, {"CPU": 2.0}, [{"CPU": 2.0}])
+    assert many == 6 and "fits 2" in note
+
+
+def test_a_trial_that_can_never_fit_is_a_user_error():
+    with pytest.raises(ResourcesError, match="a trial needs 4 CPU .* the cluster has 2"):
+        plan_concurrency(_scaling(num_workers=4), None, {"CPU": 2.0}, [{"CPU": 2.0}])
+    with pytest.raises(ResourcesError, match="a worker needs 1 GPU but the largest node has 0"):
+        plan_concurrency(_scaling(use_gpu=True), None, {"CPU": 4.0}, [{"CPU": 4.0}])
+    with pytest.raises(ResourcesError, match="a worker needs 3 CPU but the largest node has 2"):
+        plan_concurrency(_scaling(cpus_per_worker=3), None, {"CPU": 4.0}, [{"CPU": 2.0}, {"CPU": 2.0}])
+
+
+def test_metric_and_mode_default_to_train_or_follow_the_metric_name():
+    assert TuneSection().resolved_metric(TRAIN) == "eval_macro_f1"
+    assert TuneSection().resolved_mode(TRAIN) == "max"
+    assert TuneSection(metric="eval_loss").resolved_mode(TRAIN) == "min"  # not train's "max"
+    assert TuneSection(metric="eval_accuracy").resolved_mode(TRAIN) == "max"
+    assert TuneSection(metric="eval_loss", mode="max").resolved_mode(TRAIN) == "max"

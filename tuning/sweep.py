@@ -1,0 +1,248 @@
+"""`run_sweep`: Ray Tune over the one training path, early stopping, resume, and a named winner.
+
+Layout under <storage>/<name>/:
+
+    experiment_state-*.json, tuner.pkl, trial_<id>/   Ray Tune's experiment (what --resume reads)
+    runs/trial_<id>/checkpoint_*                       each trial's Train run and its checkpoints
+    sweep_spec.json                                    the tune: and train: sections it started with
+    best.json, trials.csv, trials.md, trials.png, learning_curves.png
+
+The caller connects to Ray first (cluster/connect.py); this module never starts Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainers.checkpoint import read_spec
+from trainers.config import TrainSection
+from trainers.errors import CheckpointError, UserError
+from trainers.launch import resolve_storage
+
+from . import storage
+from .concurrency import plan_concurrency
+from .config import Grid, TuneSection
+from .metric_names import check_metric
+from .progress import SweepProgress
+from .records import TrialRecord, records_from_results
+from .report import best_document, winner, write_json, write_report
+from .search_space import apply_values, param_space
+from .trial import TRIAL_DRIVER_RESOURCES, run_trial, trial_dirname
+
+SPEC_FILE = "sweep_spec.json"
+BEST_FILE = "best.json"
+# ASHA needs a ceiling; with none configured, trials run as many rounds as training makes.
+_UNBOUNDED_ROUNDS = 10**6
+# Settings that a resumed sweep may change without changing what its trials mean.
+_RESUME_MAY_CHANGE = ("time_budget_s", "max_concurrent_trials")
+
+
+class SweepFailedError(UserError):
+    """No trial produced a result to pick a winner from."""
+
+
+class SweepExistsError(UserError):
+    """A sweep of that name is already in storage and --resume was not given."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    path: str  # <storage>/<name>
+    metric: str
+    mode: str
+    best: dict[str, Any]  # the content of best.json
+    trials: list[dict[str, Any]]  # the rows of trials.csv, best first
+    files: dict[str, str]  # report file name -> its path
+
+    @property
+    def best_checkpoint(self) -> str:
+        return self.best["checkpoint"]
+
+    @property
+    def best_value(self) -> float:
+        return self.best["value"]
+
+
+def run_sweep(tune: TuneSection, train: TrainSection, *, storage_path: str, name: str,
+              resume: bool = False) -> SweepResult:
+    """Search `tune.search_space` over `train` on the connected Ray cluster; write and return the winner.
+
+    Rerun with resume=True after an interruption: finished trials are kept, unfinished ones
+    continue from their latest checkpoint, and the ones not started yet run.
+    """
+    import ray
+    from ray import tune as rt
+
+    metric, mode = tune.resolved_metric(train), tune.resolved_mode(train)
+    check_metric(metric, train.model.task, "tune.metric" if tune.metric else "train.metric")
+    if tune.search_alg == "optuna":
+        _require_optuna()
+    root = resolve_storage(storage_path)
+    exp = storage.join(root, name)
+    runs = storage.join(exp, "runs")
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    concurrency, note = plan_concurrency(train.scaling, tune.max_concurrent_trials, ray.cluster_resources(), nodes)
+    max_t = tune.scheduler.max_t
+
+    trainable = rt.with_resources(
+        rt.with_parameters(run_trial, train_json=train.model_dump(mode="json"), runs_path=runs),
+        TRIAL_DRIVER_RESOURCES,
+    )
+    snapshot = {"tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}
+    if rt.Tuner.can_restore(exp):
+        if not resume:
+            raise SweepExistsError(f"a sweep named {name!r} already exists at {exp}. Resume it with --resume, "
+                                   "or pick another name (or remove that directory) to start over.")
+        _check_same_spec(storage.read_text(storage.join(exp, SPEC_FILE)), snapshot, exp)
+        _say(f"resuming sweep {name} at {exp}: finished trials are kept, unfinished ones continue")
+        tuner = rt.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                 restart_errored=False)
+    else:
+        if resume:
+            _say(f"nothing to resume at {exp}; starting sweep {name}")
+        storage.write_bytes(storage.join(exp, SPEC_FILE), json.dumps(snapshot, indent=2).encode())
+        tuner = rt.Tuner(
+            trainable,
+            param_space=param_space(tune),
+            tune_config=rt.TuneConfig(
+                metric=metric, mode=mode, num_samples=tune.num_samples, scheduler=_scheduler(tune),
+                search_alg=_search_alg(tune), max_concurrent_trials=concurrency,
+                time_budget_s=tune.time_budget_s, reuse_actors=False, trial_name_creator=trial_dirname,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=rt.RunConfig(
+                name=name, storage_path=root, verbose=0,
+                # Train already retries worker failures from checkpoints inside a trial; a trial
+                # that still fails (bad data, a diverged loss) would fail the same way again.
+                failure_config=rt.FailureConfig(max_failures=0),
+                callbacks=[SweepProgress(metric, mode)],
+            ),
+        )
+    _say(_plan_line(tune, train, metric, mode, concurrency, name) + (f" ({note})" if note else ""))
+    grid = tuner.fit()
+
+    records = records_from_results(grid, metric, max_t)
+    best = winner(records, mode)
+    paths = list(tune.search_space)
+    with tempfile.TemporaryDirectory(prefix="zerotune-sweep-") as tmp:
+        out = Path(tmp)
+        rows = write_report(records, out, sweep=name, metric=metric, mode=mode, paths=paths)
+        doc = None
+        if best is not None:
+            doc = best_document(best, sweep=name, metric=metric, mode=mode, train_spec=_trained_spec(best, train, mode))
+            write_json(doc, out / BEST_FILE)
+        files = storage.publish(out, exp)
+    if doc is None:
+        raise SweepFailedError(_why_no_winner(records, metric, files.get("trials.md", exp)))
+    _say(f"winner: trial {best.trial_id} with {metric} {doc['value']:.4f} ({_values(best.config)}); "
+         f"checkpoint {doc['checkpoint']}; report {files['trials.md']}")
+    return SweepResult(path=exp, metric=metric, mode=mode, best=doc, trials=rows, files=files)
+
+
+def _scheduler(tune: TuneSection):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = tune.scheduler
+    if s.type == "none":
+        return FIFOScheduler()
+    # One Tune result per evaluation round, so training_iteration counts rounds.
+    return ASHAScheduler(time_attr="training_iteration", grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, max_t=s.max_t or _UNBOUNDED_ROUNDS)
+
+
+def _search_alg(tune: TuneSection):
+    if tune.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch()
+    return None  # Tune's default: random sampling and grids
+
+
+def _require_optuna() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise UserError("tune.search_alg is 'optuna' but optuna is not installed on this driver. "
+                        "Install it (pip install optuna), or set tune.search_alg: random.")
+
+
+def num_trials(tune: TuneSection) -> int:
+    """Trials a sweep starts: every grid point, num_samples times (random samples: num_samples)."""
+    grid = math.prod(len(d.values) for d in tune.search_space.values() if isinstance(d, Grid))
+    return grid * tune.num_samples
+
+
+def _plan_line(tune: TuneSection, train: TrainSection, metric: str, mode: str, concurrency: int, name: str) -> str:
+    s = tune.scheduler
+    sched = (f"ASHA (grace {s.grace_period}, reduction {s.reduction_factor:g}, max_t {s.max_t or 'none'})"
+             if s.type == "asha" else "no early stopping")
+    budget = f", budget {tune.time_budget_s:g}s" if tune.time_budget_s else ""
+    return (f"sweep {name}: {num_trials(tune)} trial(s), {mode} {metric}, {sched}, {tune.search_alg} search, "
+            f"up to {concurrency} at once ({train.scaling.num_workers} worker(s) each{budget})")
+
+
+def _check_same_spec(saved: str | None, current: dict[str, Any], exp: str) -> None:
+    if saved is None:
+        return
+    before = json.loads(saved)
+    for key in _RESUME_MAY_CHANGE:
+        before.get("tune", {}).pop(key, None)
+    now = json.loads(json.dumps(current))
+    for key in _RESUME_MAY_CHANGE:
+        now["tune"].pop(key, None)
+    changed = _diff(before, now)
+    if changed:
+        shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise UserError(f"the spec changed since sweep {exp} started ({shown}); a resumed sweep must keep it. "
+                        "Restore those values, or start a new sweep under another name.")
+
+
+def _diff(a: Any, b: Any, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+        return out
+    return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
+
+
+def _trained_spec(record: TrialRecord, train: TrainSection, mode: str) -> dict[str, Any]:
+    """The winner's resolved spec: as its checkpoint recorded it, else rebuilt from its values."""
+    ckpt = record.best_round(mode).checkpoint
+    if ckpt and "://" not in ckpt:
+        try:
+            return read_spec(ckpt).model_dump(mode="json")
+        except (OSError, CheckpointError):
+            pass
+    return apply_values(train, record.config).model_dump(mode="json")
+
+
+def _why_no_winner(records: list[TrialRecord], metric: str, report: str) -> str:
+    failed = [r for r in records if r.outcome == "failed"]
+    if not records:
+        return "the sweep ran no trials"
+    if failed and len(failed) == len(records):
+        first = failed[0]
+        return (f"all {len(records)} trials failed; the first ({first.trial_id}, {_values(first.config)}) with: "
+                f"{first.error}. Every trial's error is in {report}.")
+    outcomes = ", ".join(f"{n} {o}" for o, n in Counter(r.outcome for r in records).items())
+    head = f"no trial reported a finite {metric} ({outcomes})"
+    if failed:
+        head += f"; the first failure ({failed[0].trial_id}): {failed[0].error}"
+    return head + f". See {report}."
+
+
+def _values(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items()) or "base spec"
+
+
+def _say(message: str) -> None:
+    sys.stdout.write(f"[zerotune] {message}\n")
+    sys.stdout.flush()
