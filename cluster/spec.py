@@ -44,8 +44,8 @@ class ExperimentSpec(Section):
 
     @property
     def tune_metric(self) -> str:
-        return (self.tune.metric if self.tune and self.tune.metric else None) or self.train.resolved_metric
+        return self.tune.resolved_metric(self.train) if self.tune else self.train.resolved_metric
 
     @property
     def tune_mode(self) -> str:
-        return (self.tune.mode if self.tune and self.tune.mode else None) or self.train.resolved_mode
+        return self.tune.resolved_mode(self.train) if self.tune else self.train.resolved_mode
