@@ -128,7 +128,7 @@ def test_task_learns_and_checkpoint_reloads(ray_cluster, tmp_path, task, lora, z
         pretrain_copy_lm(Path(spec.model.name_or_path))
     result = _fit(spec, tmp_path)
     m = result.metrics
-    assert m["step"] == steps
+    assert m["step"] == m["total_steps"] == steps
     if task == "sequence-classification":
         assert m["eval_accuracy"] > 0.9, m
         assert m["eval_macro_f1"] > 0.9, m

@@ -23,3 +23,11 @@ def test_example_validates(path):
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_opens_with_usage(path):
     assert path.read_text().startswith("# Usage:")
+
+
+def test_full_corpus_example_is_the_quickstart_split_unsubsampled():
+    by_name = {p.name: load_spec(p).train.data for p in EXAMPLES}
+    quick, full = by_name["quickstart.yaml"], by_name["tweets-full.yaml"]
+    same = ("train", "text_column", "label_column", "validation_fraction", "test_fraction", "seed", "max_length")
+    assert {f: getattr(full, f) for f in same} == {f: getattr(quick, f) for f in same}
+    assert (full.max_train_samples, full.max_eval_samples) == (None, None)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tuning.records import ENDED, Round, TrialRecord, error_message, outcome_of, round_from_row
+from tuning.records import ENDED, Round, TrialRecord, _full_steps, error_message, outcome_of, round_from_row
 from tuning.report import best_document, markdown, rank, table_rows, winner, write_report
 
 METRIC = "eval_macro_f1"
@@ -120,6 +120,14 @@ def test_outcome_tells_scheduler_stops_from_finished_runs():
     assert outcome_of({"done": True}, rounds, False, None, 50) == "interrupted"  # never seen to end
     assert outcome_of({}, (), False, None, None) == "not started"
     assert outcome_of({ENDED: "completed"}, rounds, True, None, None) == "failed"
+
+
+def test_a_trial_with_a_shorter_searched_schedule_that_ran_to_its_end_completed():
+    # Its own total_steps (20) wins over the furthest step any trial reached (50).
+    rounds = tuple(Round(step=s, value=0.5, checkpoint=None, metrics={"total_steps": 20.0}) for s in (10, 20))
+    assert _full_steps(rounds, 50) == 20
+    assert outcome_of({ENDED: "stopped"}, rounds, False, None, _full_steps(rounds, 50)) == "completed"
+    assert _full_steps((), 50) == 50  # no rounds report it: fall back to the sweep's longest
 
 
 def test_error_message_unwraps_the_cause():
