@@ -320,3 +320,36 @@ def test_error_bodies_parse_as_json_everywhere(urls, http):
     """A spot check that even Starlette's own errors use the error envelope."""
     for resp in (http.get(f"{urls['lm']}/v1/tag"), http.post(f"{urls['lm']}/v1/completions", content=b"{")):
         assert set(json.loads(resp.text)) == {"error"}
+
+
+def test_deleting_an_app_drains_the_requests_it_has_taken(urls, tmp_path):
+    """`zerotune serve` stops with serve.delete (Ctrl-C): requests already taken finish with 200."""
+    from ray import serve
+
+    from serving.app import build_app
+
+    port = int(httpx.URL(urls["lm"]).port)
+    spec = ServeSection(port=port, num_cpus_per_replica=0.2, app_name="drain", route_prefix="/drain",
+                        max_new_tokens=LM_MAX_NEW, max_batch_size=1, max_ongoing_requests=32,
+                        graceful_shutdown_timeout_s=60)
+    serve.run(build_app({"checkpoint": str(lm_checkpoint(tmp_path / "lm")), "serve": spec.model_dump()}),
+              name="drain", route_prefix="/drain")
+    url = f"http://127.0.0.1:{port}/drain/v1/completions"
+    n = 16
+
+    async def go():
+        async with httpx.AsyncClient(timeout=120) as client:
+            pending = [asyncio.create_task(client.post(url, json={"prompt": "repeat : bad", "max_tokens": LM_MAX_NEW,
+                                                                  "temperature": 0})) for _ in range(n)]
+            # Once one has come back the replica holds the rest (one at a time: max_batch_size 1).
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            finished_before_delete = sum(t.done() for t in pending)
+            await asyncio.to_thread(serve.delete, "drain")
+            return finished_before_delete, await asyncio.gather(*pending)
+
+    finished_before_delete, responses = asyncio.run(go())
+    assert finished_before_delete < n  # the deletion really overlapped requests in flight
+    assert [r.status_code for r in responses] == [200] * n, [r.text[:200] for r in responses if r.status_code != 200]
+    assert {r.json()["usage"]["completion_tokens"] for r in responses} == {LM_MAX_NEW}
+    with httpx.Client(timeout=30) as client:  # and the app is gone afterwards
+        assert client.post(url, json={"prompt": "a"}).status_code == 404
