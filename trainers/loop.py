@@ -119,8 +119,9 @@ def train_loop(config: dict) -> None:
     evaluate = partial(_evaluate, engine=engine, rows=val_shard, spec=spec, device=device, pad_id=pad_id)
 
     def report(train_loss: float, throughput: dict[str, float]) -> None:
-        metrics = {**evaluate(), "train_loss": train_loss, "step": state.step,
-                   "total_steps": total_steps, "epoch": state.epoch, "lr": float(engine.get_lr()[0]), "trainable_params": params[0], "total_params": params[1],
+        metrics = {**evaluate(), "train_loss": train_loss, "step": state.step, "total_steps": total_steps,
+                   "epoch": state.epoch, "lr": float(engine.get_lr()[0]),
+                   "trainable_params": params[0], "total_params": params[1],
                    "peak_memory_mb": _peak_memory_mb(on_gpu), "optimizer_state_mb": _optimizer_state_mb(engine),
                    "diverged": 0, "resumed_from_step": resumed_from,
                    **throughput}
