@@ -76,8 +76,8 @@ def markdown(out: dict) -> str:
 def main() -> None:
     import torch
 
+    from trainers.baseline import held_out
     from trainers.checkpoint import read_spec
-    from trainers.data import load_splits
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, default=None)
@@ -85,12 +85,8 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
-    train = read_spec(checkpoint)
-    splits = load_splits(train.data, train.model.task, train.model.labels)
-    rows = splits.test or splits.validation
-    labels = splits.labels or []
-    texts = [r[train.data.text_column] for r in rows]
-    gold = [labels.index(r[train.data.label_column]) for r in rows]
+    held = held_out(read_spec(checkpoint))  # the split `zerotune run` scores through HTTP
+    texts, gold, labels = held.texts, held.gold, held.labels
     torch.set_num_threads(1)  # what a 1-CPU replica gets (serving/deployment.py)
     fp32, int8 = (measure(checkpoint, q, texts, gold, len(labels), args.latency_rows) for q in ("none", "int8"))
     agree = sum(a == b for a, b in zip(fp32.pop("predicted"), int8.pop("predicted"), strict=True)) / len(texts)

@@ -86,27 +86,22 @@ def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
 
 
 def _held_out(summary: RunSummary, spec: ExperimentSpec) -> None:
-    """Score the test split through the real endpoint (classification only)."""
+    """Score the held-out split through the real endpoint (classification only)."""
     from serving.client import classify
     from serving.guard import read_token
-    from trainers.baseline import score, tfidf_baseline
+    from trainers.baseline import held_out, score, tfidf_baseline
     from trainers.data import load_splits
 
     train = read_spec(summary.checkpoint)  # the winner's own spec: its data and labels
     if train.model.task != "sequence-classification":
         print("[zerotune] held-out scoring through HTTP is done for sequence classification only", flush=True)
         return
-    splits = load_splits(train.data, train.model.task, train.model.labels)
-    rows = splits.test or splits.validation
-    which = "test" if splits.test else "validation"
-    labels = splits.labels or []
-    index = {x: i for i, x in enumerate(labels)}
-    texts = [r[train.data.text_column] for r in rows]
-    predicted = classify(summary.url, texts, token=read_token(spec.serve))
-    gold = [index[r[train.data.label_column]] for r in rows]
-    summary.test_rows = len(rows)
-    summary.test_metrics = score(gold, [index[p] for p in predicted], len(labels))
-    summary.baseline_metrics = tfidf_baseline(train, split=which)
+    splits = load_splits(train.data, train.model.task, train.model.labels)  # read once, for both scores
+    held = held_out(train, splits)
+    predicted = classify(summary.url, held.texts, token=read_token(spec.serve))
+    summary.test_rows = len(held.texts)
+    summary.test_metrics = score(held.gold, [held.labels.index(p) for p in predicted], len(held.labels))
+    summary.baseline_metrics = tfidf_baseline(train, splits)
 
 
 def format_summary(s: RunSummary) -> str:

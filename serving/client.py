@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import httpx
 
+from .config import ServeSection
+
 
 def classify(url: str, texts: Sequence[str], *, token: str | None = None, batch: int = 32,
              timeout: float = 60.0) -> list[str]:
@@ -21,7 +23,7 @@ def classify(url: str, texts: Sequence[str], *, token: str | None = None, batch:
     return labels
 
 
-def example_request(url: str, task: str, serve=None) -> str:
+def example_request(url: str, task: str, serve: ServeSection | None = None) -> str:
     """A curl line a person can paste to try the endpoint (naming, never showing, the token)."""
     if task == "sequence-classification":
         path, body = "v1/classify", '{"inputs": ["I love this!", "this is awful"]}'

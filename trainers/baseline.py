@@ -5,33 +5,52 @@ It tells a user whether fine-tuning bought anything over a model that trains in 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .config import TrainSection
-from .data import load_splits
+from .data import Splits, load_splits
 from .metrics import classification_metrics
 
 
-def tfidf_baseline(train: TrainSection, split: str = "test") -> dict[str, float]:
+@dataclass(frozen=True)
+class HeldOut:
+    """The rows a finished classifier is scored on: the test split, or validation when the spec
+    holds out no test rows."""
+
+    split: str
+    texts: list[str]
+    gold: list[int]  # label ids, in `labels` order
+    labels: list[str]
+
+
+def held_out(train: TrainSection, splits: Splits | None = None) -> HeldOut:
+    if train.model.task != "sequence-classification":
+        raise ValueError("held-out scoring of label ids is for sequence classification")
+    splits = splits or load_splits(train.data, train.model.task, train.model.labels)
+    split = "test" if splits.test else "validation"
+    rows, labels = getattr(splits, split), splits.labels or []
+    index = {x: i for i, x in enumerate(labels)}
+    return HeldOut(split=split, texts=[r[train.data.text_column] for r in rows],
+                   gold=[index[r[train.data.label_column]] for r in rows], labels=labels)
+
+
+def tfidf_baseline(train: TrainSection, splits: Splits | None = None) -> dict[str, float]:
     """Accuracy and macro P/R/F1 of TF-IDF + logistic regression, trained on the spec's train split
-    and scored on `split` ('test', or 'validation' when the spec holds out no test rows)."""
+    and scored on its held-out rows (see `held_out`)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    if train.model.task != "sequence-classification":
-        raise ValueError("the TF-IDF baseline is for sequence classification")
-    splits = load_splits(train.data, train.model.task, train.model.labels)
-    rows = getattr(splits, split)
-    col = train.data.text_column
-    label_col = train.data.label_column
-    labels = splits.labels or []
-    index = {x: i for i, x in enumerate(labels)}
+    splits = splits or load_splits(train.data, train.model.task, train.model.labels)
+    held = held_out(train, splits)
+    index = {x: i for i, x in enumerate(held.labels)}
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
-    x_train = vectorizer.fit_transform([r[col] for r in splits.train])
+    x_train = vectorizer.fit_transform([r[train.data.text_column] for r in splits.train])
     clf = LogisticRegression(max_iter=2000, C=4.0)
-    clf.fit(x_train, [index[r[label_col]] for r in splits.train])
-    predicted = clf.predict(vectorizer.transform([r[col] for r in rows]))
-    return score([index[r[label_col]] for r in rows], list(predicted), len(labels))
+    clf.fit(x_train, [index[r[train.data.label_column]] for r in splits.train])
+    predicted = clf.predict(vectorizer.transform(held.texts))
+    return score(held.gold, list(predicted), len(held.labels))
 
 
 def score(gold: list[int], predicted: list[int], n_classes: int) -> dict[str, float]:
