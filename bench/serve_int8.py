@@ -77,7 +77,7 @@ def main() -> None:
     import torch
 
     from trainers.baseline import held_out
-    from trainers.checkpoint import read_spec
+    from trainers.checkpoint import read_train
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, default=None)
@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
-    held = held_out(read_spec(checkpoint))  # the split `zerotune run` scores through HTTP
+    held = held_out(read_train(checkpoint))  # the split `zerotune run` scores through HTTP
     texts, gold, labels = held.texts, held.gold, held.labels
     torch.set_num_threads(1)  # what a 1-CPU replica gets (serving/deployment.py)
     fp32, int8 = (measure(checkpoint, q, texts, gold, len(labels), args.latency_rows) for q in ("none", "int8"))

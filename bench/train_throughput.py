@@ -46,16 +46,17 @@ def plain_loop(steps: int, warmup: int = 5) -> dict:
     import torch
 
     from trainers.data import load_splits
-    from trainers.encode import collate, encode_rows
+    from trainers.encode import collate
     from trainers.model import load_base_model, load_tokenizer, resolve_model_path
+    from trainers.tasks import get_task
 
     torch.set_num_threads(2)
     spec = train_spec(2, 1, 2, steps + warmup)
     path = resolve_model_path(MODEL)
     tok = load_tokenizer(path)
-    model = load_base_model(path, "sequence-classification", LABELS)
-    rows = encode_rows(load_splits(spec.data, "sequence-classification", LABELS).train, tok, spec.data,
-                       "sequence-classification", LABELS)
+    task = get_task("sequence-classification")
+    model = load_base_model(path, task, LABELS)
+    rows = task.encode(load_splits(spec.data, task, LABELS).train, tok, spec.data, LABELS)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
     model.train()
     start = None
@@ -81,9 +82,8 @@ def zerotune_run(zero: int, workers: int, cpus: float, steps: int, storage: str)
 
     result = fit(train_spec(zero, workers, cpus, steps), storage_path=storage,
                  name=f"bench-z{zero}-w{workers}-{int(time.time())}", verbose=False)
-    m = result.metrics
-    return {"samples_per_s": m["samples_per_s"], "peak_rss_mb": m["peak_memory_mb"],
-            "optimizer_state_mb": m["optimizer_state_mb"]}
+    m = result.final
+    return {"samples_per_s": m.samples_per_s, "peak_rss_mb": m.peak_memory_mb, "optimizer_state_mb": m.optimizer_state_mb}
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.config import ServeSection
+from trainers.console import say, show
 
 from .errors import UserError
 from .loader import load_spec
@@ -24,7 +24,7 @@ from .spec import ExperimentSpec
 def _cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.file, args.overrides)
     tune = f", tune: {len(spec.tune.search_space)} searched field(s)" if spec.tune else ""
-    print(f"{args.file}: OK ({spec.name}: {spec.train.model.task}, {spec.train.scaling.num_workers} worker(s), "
+    show(f"{args.file}: OK ({spec.name}: {spec.train.model.task}, {spec.train.scaling.num_workers} worker(s), "
           f"ZeRO-{spec.train.deepspeed.zero_stage}{', LoRA' if spec.train.lora.enabled else ''}{tune})")
     return 0
 
@@ -49,12 +49,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
     spec = load_spec(args.file, args.overrides)
     doc = spec.model_dump(mode="json")
     doc["derived"] = derived_values(spec)
-    print(yaml.safe_dump(doc, sort_keys=False), end="")
+    show(yaml.safe_dump(doc, sort_keys=False))
     return 0
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    print(json.dumps(ExperimentSpec.model_json_schema(), indent=2))
+    show(json.dumps(ExperimentSpec.model_json_schema(), indent=2))
     return 0
 
 
@@ -64,16 +64,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .connect import connect
 
     spec = load_spec(args.file, args.overrides)
-    conn = connect(spec.cluster)
-    print(f"[zerotune] {conn}", flush=True)
+    say(str(connect(spec.cluster)))
     result = fit(spec.train, storage_path=spec.cluster.storage_path, name=spec.name)
     metric = spec.train.resolved_metric
-    print(f"\n[zerotune] {spec.name}: finished at step {result.metrics.get('step')}")
-    print(f"  run directory:    {result.run_dir}")
-    print(f"  best checkpoint:  {result.best_checkpoint} ({metric} {result.best_metrics.get(metric, float('nan')):.4f})")
-    print(f"  latest:           {result.latest_checkpoint}")
-    shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("eval_")}
-    print(f"  final metrics:    {shown}")
+    best = result.best.value(metric) if result.best else None
+    final = result.final.eval if result.final else {}
+    show(f"\n[zerotune] {spec.name}: finished at step {result.final.step if result.final else 0}\n"
+         f"  run directory:    {result.run_dir}\n"
+         f"  best checkpoint:  {result.best_checkpoint} ({metric} {best if best is not None else float('nan'):.4f})\n"
+         f"  latest:           {result.latest_checkpoint}\n"
+         f"  final metrics:    { {k: round(v, 4) for k, v in final.items()} }")
     return 0
 
 
@@ -85,31 +85,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .connect import connect
 
     spec = load_spec(args.file, args.overrides)
-    serve_section = spec.serve or ServeSection()
     checkpoint = args.checkpoint or best_checkpoint(spec)
     if args.emit_config:
-        Path(args.emit_config).write_text(yaml.safe_dump(serve_config(checkpoint, serve_section), sort_keys=False))
-        print(f"[zerotune] wrote a Serve config for `serve deploy {args.emit_config}`")
+        Path(args.emit_config).write_text(yaml.safe_dump(serve_config(checkpoint, spec.serving), sort_keys=False))
+        say(f"wrote a Serve config for `serve deploy {args.emit_config}`")
         return 0
     task = read_manifest(checkpoint).task
     conn = connect(spec.cluster)
-    url = start(checkpoint, serve_section)
-    print(f"[zerotune] serving {checkpoint}\n  at {url}  (OpenAPI docs: {url}/docs)\n"
-          f"  try: {example_request(url, task, serve_section)}")
+    url = start(checkpoint, spec.serving)
+    say(f"serving {checkpoint}\n  at {url}  (OpenAPI docs: {url}/docs)\n"
+        f"  try: {example_request(url, task, spec.serving)}")
     if conn.embedded and not args.detach:
-        _wait_for_interrupt(serve_section.app_name)
+        _wait_for_interrupt(spec.serving.app_name)
     return 0
 
 
 def best_checkpoint(spec: ExperimentSpec) -> str:
     """The sweep winner's checkpoint from <storage>/<name>/best.json."""
-    from trainers.launch import resolve_storage
+    from trainers.storage import Location
+    from tuning.sweep import BEST_FILE, read_winner
 
-    path = Path(resolve_storage(spec.cluster.storage_path)) / spec.name / "best.json"
-    if not path.is_file():
-        raise UserError(f"no sweep winner at {path}. Run `zerotune tune {spec.name}.yaml` (or `zerotune run`) "
-                        "first, or pass --checkpoint PATH")
-    return json.loads(path.read_text())["checkpoint"]
+    exp = Location.parse(spec.cluster.storage_path).join(spec.name)
+    winner = read_winner(exp)
+    if winner is None:
+        raise UserError(f"no sweep winner at {exp.join(BEST_FILE)}. Run `zerotune tune {spec.name}.yaml` "
+                        "(or `zerotune run`) first, or pass --checkpoint PATH")
+    return winner.checkpoint
 
 
 def _wait_for_interrupt(app_name: str) -> None:
@@ -118,7 +119,7 @@ def _wait_for_interrupt(app_name: str) -> None:
 
     from ray import serve
 
-    print("[zerotune] serving until Ctrl-C", flush=True)
+    say("serving until Ctrl-C")
     try:
         while True:
             time.sleep(1.0)
@@ -132,7 +133,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.file, args.overrides)  # a bad spec fails here, not on the cluster
     job_id, status = submit(spec, args.file, args.overrides, command=args.command_name, address=args.address,
                             working_dir=args.working_dir, follow=not args.no_follow)
-    print(f"[zerotune] job {job_id}: {status}")
+    say(f"job {job_id}: {status}")
     return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
 
 
@@ -146,7 +147,7 @@ def _cmd_cluster_render(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (out / name).write_text(text)
-        print(f"[zerotune] wrote {out / name}")
+        say(f"wrote {out / name}")
     return 0
 
 
@@ -155,11 +156,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.file, args.overrides)
     summary = run_job(spec, resume=args.resume)
-    print(format_summary(summary), flush=True)
+    show(format_summary(summary))
     from .connect import describe
 
     if summary.url and describe().embedded and not args.exit:
-        _wait_for_interrupt((spec.serve or ServeSection()).app_name)
+        _wait_for_interrupt(spec.serving.app_name)
     return 0
 
 
@@ -175,7 +176,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     connect(spec.cluster)
     result = run_sweep(spec.tune, spec.train, storage_path=spec.cluster.storage_path, name=spec.name,
                        resume=args.resume)
-    print(f"[zerotune] best.json and the trial report are in {result.path}")
+    say(f"best.json and the trial report are in {result.path}")
     return 0
 
 
@@ -205,9 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a checkpoint (or the sweep winner) with Ray Serve")
     _add_spec_args(p)
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", help="a zerotune checkpoint directory")
-    which.add_argument("--best", action="store_true", help="the sweep winner in <storage>/<name>/best.json (default)")
+    p.add_argument("--checkpoint", help="a zerotune checkpoint directory (default: the sweep winner in "
+                   "<storage>/<name>/best.json)")
     p.add_argument("--emit-config", metavar="FILE", help="write a Serve config for `serve deploy` and exit")
     p.add_argument("--detach", action="store_true", help="return once deployed (embedded Ray stops with it)")
     p.set_defaults(func=_cmd_serve)
@@ -241,18 +241,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     p.add_argument("--exit", action="store_true", help="exit after the summary instead of serving until Ctrl-C")
     p.set_defaults(func=_cmd_run)
+    _add_manners(parser, sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# Commands that start Ray: a quiet console and a log file under the run directory (cluster/output.py).
+_CONSOLE_COMMANDS = ("train", "tune", "serve", "run")
+_EXAMPLES = {
+    "validate": "zerotune validate examples/quickstart.yaml train.optim.lr=1e-4",
+    "show": "zerotune show examples/quickstart.yaml train.scaling.num_workers=2",
+    "schema": "zerotune schema > zerotune.schema.json",
+    "train": "zerotune train examples/smoke.yaml train.schedule.max_steps=50",
+    "serve": "zerotune serve examples/quickstart.yaml --checkpoint ~/zerotune_results/quickstart/runs/...",
+    "submit": "zerotune submit examples/quickstart.yaml --address http://HEAD:8265",
+    "cluster": "zerotune cluster render examples/quickstart.yaml --provider aws --out cluster/aws",
+    "tune": "zerotune tune examples/quickstart.yaml --resume",
+    "run": "zerotune run examples/quickstart.yaml --exit",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return args.func(args)
+        return version("zerotune")
+    except PackageNotFoundError:  # run from a shipped working directory without an install
+        return "unknown (not installed)"
+
+
+def _add_manners(parser: argparse.ArgumentParser, sub) -> None:
+    """--version, -v/--verbose for the commands that start Ray, and an example under every --help."""
+    parser.add_argument("--version", action="version", version=f"zerotune {_version()}")
+    parser.epilog = "example:\n  " + _EXAMPLES["run"] + "\n\n`zerotune COMMAND --help` shows each command's options."
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for name, p in sub.choices.items():
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        p.epilog = f"example:\n  {_EXAMPLES[name]}" if name in _EXAMPLES else None
+        if name in _CONSOLE_COMMANDS:
+            p.add_argument("-v", "--verbose", action="store_true",
+                           help="show Ray's, DeepSpeed's and transformers' own output here (default: only "
+                           "zerotune's lines; the rest goes to the log file named on the first line)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Overrides may come before or after options: `zerotune serve exp.yaml --checkpoint CK serve.port=9000`
+    (argparse alone stops collecting the positional overrides at the first option)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from contextlib import nullcontext
+
+    from trainers import console
+
+    from .output import session
+
+    args = parse_args(argv)
+    try:
+        with (session(load_spec(args.file, args.overrides), args.command, verbose=args.verbose,
+                      spec_file=args.file, overrides=args.overrides)
+              if args.command in _CONSOLE_COMMANDS else nullcontext()):
+            return args.func(args)
     except UserError as err:
-        print(f"zerotune {args.command}: error: {err}", file=sys.stderr)
+        console.error(f"zerotune {args.command}: error: {err}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        console.error("interrupted")
         return 130
 
 

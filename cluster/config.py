@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from trainers.config import Section
+from trainers.errors import looks_secret
 
 Cloud = Literal["aws", "gcp"]
 CLOUDS: tuple[str, ...] = get_args(Cloud)
@@ -53,7 +54,16 @@ class NodeType(Section):
     cpus: int = Field(default=8, ge=1, description="CPUs the node offers to Ray.")
     gpus: int = Field(default=0, ge=0, description="GPUs the node offers to Ray.")
     memory_gb: float | None = Field(
-        default=None, gt=0, description="Memory of a KubeRay pod (request = limit); empty: 4 GiB per CPU."
+        default=None,
+        gt=0,
+        description="Host memory of the node in GiB: a KubeRay pod's request = limit (empty: 4 GiB per CPU), and "
+        "what `zerotune plan` checks workers' host RAM (CPU runs, offload) against.",
+    )
+    gpu_memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Memory of one GPU in GiB, as nvidia-smi reports it (A10G, L4: 22.5; A100: 40 or 80; H100: 80). "
+        "`zerotune plan` checks each worker's GPU memory against it.",
     )
     min_workers: int = Field(default=0, ge=0, description="Autoscaler floor (worker types only).")
     max_workers: int = Field(default=0, ge=0, description="Autoscaler ceiling (worker types only).")
@@ -77,6 +87,8 @@ class NodeType(Section):
             raise ValueError(f"min_workers ({self.min_workers}) must not exceed max_workers ({self.max_workers})")
         if self.accelerator_type is not None and self.gpus == 0:
             raise ValueError(f"accelerator_type {self.accelerator_type!r} needs gpus >= 1 (how many to attach)")
+        if self.gpu_memory_gb is not None and self.gpus == 0:
+            raise ValueError(f"gpu_memory_gb {self.gpu_memory_gb:g} needs gpus >= 1 (it is the memory of one GPU)")
         return self
 
 
@@ -89,13 +101,31 @@ class RuntimeEnvSection(Section):
     @field_validator("env_vars")
     @classmethod
     def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in v if any(s in k.upper() for s in ("TOKEN", "SECRET", "PASSWORD", "KEY"))]
+        # Names only: the message must never carry a value (the loader hides them too).
+        bad = [k for k in v if looks_secret(k)]
         if bad:
             raise ValueError(
-                f"env_vars {bad} look like secrets; specs are saved with checkpoints. "
+                f"env_vars {', '.join(bad)} look like secrets; specs are saved with checkpoints. "
                 "Set secrets in the cluster's environment instead"
             )
         return v
+
+
+def ray_runtime_env(env: RuntimeEnvSection, *, working_dir: str | None = None, excludes: list[str] | None = None,
+                    extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Ray runtime_env dict for the spec's `cluster.runtime_env` (the one builder: ray.init, job
+    submission and the rendered KubeRay manifests all use it). `extra_env` comes first, so the spec wins."""
+    out: dict[str, Any] = {}
+    if working_dir is not None:
+        out["working_dir"] = working_dir
+    if excludes:
+        out["excludes"] = list(excludes)
+    if env.pip:
+        out["pip"] = list(env.pip)
+    env_vars = {**(extra_env or {}), **env.env_vars}
+    if env_vars:
+        out["env_vars"] = env_vars
+    return out
 
 
 class ClusterSection(Section):

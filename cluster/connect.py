@@ -12,7 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from .config import ClusterSection
+from .config import ClusterSection, ray_runtime_env
 from .errors import ConnectError
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,19 @@ _started_here = False  # whether this process started the embedded Ray it is con
 
 # Worker processes inherit these so nothing reaches for a model hub unless the user allows it.
 _PASS_THROUGH_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
+# What the console (cluster/output.py) asks of the processes Ray starts: the console feed's name
+# and the verbosity (trainers.console reads both there). Set before connect() starts Ray.
+_console_env: dict[str, str] = {}
+# Ray Train's PreemptionWatcher watches for node drains; an embedded local Ray has no nodes to
+# drain, and creating it logs a spurious core_worker ERROR (Ray passes the workers' actor handles
+# to an actor with max_restarts=-1; ray-project/ray#53727). Off there, on where nodes come and go.
+_EMBEDDED_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def set_console_env(env: dict[str, str]) -> None:
+    """Environment for every process Ray starts for this command (cluster/output.py)."""
+    _console_env.clear()
+    _console_env.update(env)
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,9 @@ def connect(cluster: ClusterSection | None = None) -> Connection:
     cluster = cluster or ClusterSection()
     if not ray.is_initialized():
         address = cluster.address or os.environ.get("RAY_ADDRESS") or None
-        runtime_env = _runtime_env(cluster)
+        runtime_env = _runtime_env(cluster, embedded=address is None)
+        # Ray's INFO lines go wherever the console put library output (the run's log file by
+        # default, the terminal with -v); workers' output is forwarded to this driver either way.
         if address is None:
             ray.init(
                 num_cpus=cluster.num_cpus or os.cpu_count() or 1,
@@ -52,17 +67,27 @@ def connect(cluster: ClusterSection | None = None) -> Connection:
                 dashboard_host=cluster.dashboard_host,
                 runtime_env=runtime_env,
                 namespace="zerotune",
-                logging_level=logging.WARNING,
+                logging_level=logging.INFO,
+                log_to_driver=True,
             )
             _started_here = True
         else:
             _check_reachable(address)
             try:
                 ray.init(address=address, runtime_env=runtime_env, namespace="zerotune",
-                         logging_level=logging.WARNING)
+                         logging_level=logging.INFO, log_to_driver=True)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise _unreachable(address, err) from None
+        _start_console_feed()
     return describe()
+
+
+def _start_console_feed() -> None:
+    from trainers import feed
+    from trainers.console import FEED_ENV
+
+    if _console_env.get(FEED_ENV):
+        feed.start(_console_env[FEED_ENV])
 
 
 def _unreachable(address: str, err: Exception) -> ConnectError:
@@ -99,21 +124,21 @@ def describe() -> Connection:
     )
 
 
-def _runtime_env(cluster: ClusterSection) -> dict | None:
-    env_vars = {k: os.environ[k] for k in _PASS_THROUGH_ENV if k in os.environ}
-    env_vars.update(cluster.runtime_env.env_vars)
-    env: dict = {}
-    if env_vars:
-        env["env_vars"] = env_vars
-    if cluster.runtime_env.pip:
-        env["pip"] = list(cluster.runtime_env.pip)
-    return env or None
+def _runtime_env(cluster: ClusterSection, *, embedded: bool = False) -> dict | None:
+    passed = {k: os.environ[k] for k in _PASS_THROUGH_ENV if k in os.environ}
+    passed.update(_console_env)
+    if embedded:
+        passed.update({k: os.environ.get(k, v) for k, v in _EMBEDDED_ENV.items()})
+    return ray_runtime_env(cluster.runtime_env, extra_env=passed) or None
 
 
 def shutdown() -> None:
     import ray
 
+    from trainers import feed
+
     global _started_here
     _started_here = False
+    feed.stop()
     if ray.is_initialized():
         ray.shutdown()

@@ -6,17 +6,19 @@ allowed, and "did you mean ...?" for unknown keys.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from trainers.errors import did_you_mean
+from trainers.config import set_dotted
+from trainers.errors import did_you_mean, looks_secret, preview
 
+from . import safe_yaml
 from .errors import ConfigError
 from .spec import ExperimentSpec
 
@@ -27,21 +29,31 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentSpec
     p = Path(path)
     if not p.is_file():
         raise ConfigError(source, [f"no such file: {p.resolve()}"])
-    doc = parse_yaml(p.read_text(encoding="utf-8"), source)
+    doc = parse_yaml(_read(p, source), source)
     for item in overrides:
         apply_override(doc, item, source)
     return validate_doc(doc, source)
 
 
+def _read(p: Path, source: str) -> str:
+    """The file's text. Read as bytes (at most the size limit) so that a byte that is not UTF-8 is
+    reported with its line, not as a UnicodeDecodeError."""
+    try:
+        with p.open("rb") as f:
+            data = f.read(safe_yaml.MAX_BYTES + 1)
+        return safe_yaml.decode(data)
+    except OSError as err:
+        raise ConfigError(source, [f"cannot read the file: {err.strerror or type(err).__name__}"]) from None
+    except safe_yaml.YAMLProblem as err:
+        raise ConfigError(source, [str(err)]) from None
+
+
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        what = getattr(err, "problem", None) or str(err)
-        hint = " (zerotune reads YAML with safe_load: no !!python tags)" if "tag" in str(what) else ""
-        raise ConfigError(source, [f"{where}not valid YAML: {what}{hint}"]) from None
+        doc = safe_yaml.load(text)
+    except safe_yaml.YAMLProblem as err:
+        hint = " (zerotune reads YAML with safe_load: no !!python tags)" if "constructor for the tag" in str(err) else ""
+        raise ConfigError(source, [f"{err}{hint}"]) from None
     if doc is None:
         raise ConfigError(source, ["the file is empty; a spec needs at least `name:` and `train:`"])
     if not isinstance(doc, dict):
@@ -55,29 +67,17 @@ def apply_override(doc: dict[str, Any], item: str, source: str) -> None:
     """Apply one `dotted.key=value` (value parsed as a YAML scalar) to the raw document."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(source, [f"override {item!r} must look like dotted.key=value, e.g. train.optim.lr=1e-4"])
+        # Name the shape, not the item: a mistyped `env_vars.GH_TOKEN:abc` would print a secret.
+        raise ConfigError(source, [f"override {preview(key.split(':')[0])} must look like dotted.key=value, "
+                                   "e.g. train.optim.lr=1e-4"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    node: Any = doc
-    parts = key.strip().split(".")
-    i = 0
-    while i < len(parts) - 1:
-        # Search-space keys contain dots (`optim.lr`): prefer the longest key that exists.
-        for j in range(len(parts) - 1, i, -1):
-            joined = ".".join(parts[i:j])
-            if isinstance(node, dict) and joined in node and j < len(parts):
-                node, i = node[joined], j
-                break
-        else:
-            if not isinstance(node, dict):
-                raise ConfigError(source, [f"override {key}: {'.'.join(parts[:i])} is not a mapping"])
-            node = node.setdefault(parts[i], {})
-            i += 1
-    if not isinstance(node, dict):
-        raise ConfigError(source, [f"override {key}: {'.'.join(parts[:-1])} is not a mapping"])
-    node[parts[-1]] = value
+        value = safe_yaml.load(raw) if raw.strip() else None
+    except safe_yaml.YAMLProblem:
+        value = raw  # not YAML: the text itself (the schema says whether a string fits)
+    try:
+        set_dotted(doc, key.strip(), value)
+    except ValueError as err:
+        raise ConfigError(source, [f"override {key}: {err}"]) from None
 
 
 def validate_doc(doc: dict[str, Any], source: str = "<spec>") -> ExperimentSpec:
@@ -87,10 +87,15 @@ def validate_doc(doc: dict[str, Any], source: str = "<spec>") -> ExperimentSpec:
         raise ConfigError(source, format_errors(err)) from None
 
 
+MAX_PROBLEMS = 50  # a generated file can hold thousands of mistakes; the first ones say what is wrong
+
+
 def format_errors(err: ValidationError) -> list[str]:
     problems = []
-    for e in err.errors(include_url=False):
+    errors = err.errors(include_url=False)
+    for e in errors[:MAX_PROBLEMS]:
         loc, allowed = _walk(e["loc"])
+        loc = [_clip(part) for part in loc]
         path = ".".join(loc)
         if e["type"] == "extra_forbidden":
             hint = did_you_mean(loc[-1], allowed)
@@ -98,16 +103,49 @@ def format_errors(err: ValidationError) -> list[str]:
         elif e["type"] == "missing":
             problems.append(f"{path}: required, but missing")
         elif not loc:  # cross-section checks report their own paths, one per line
-            problems += e["msg"].removeprefix("Value error, ").splitlines()
+            problems += [_bounded(line) for line in e["msg"].removeprefix("Value error, ").splitlines()]
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            problems.append(f"{path}: got {_short(e.get('input'))}; {msg}")
+            msg = _bounded(e["msg"].removeprefix("Value error, "))
+            problems.append(f"{path}: got {preview(e.get('input'), hide=_secret_path(loc))}; {msg}")
+    if len(errors) > MAX_PROBLEMS:
+        problems.append(f"... and {len(errors) - MAX_PROBLEMS} more problems")
     return problems
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _bounded(msg: str, room: int = 600) -> str:
+    """A validator's message, cut short: some quote what they reject, which may be a huge string."""
+    return msg if len(msg) <= room else msg[:room] + " ..."
+
+
+def _clip(part: str, room: int = 60) -> str:
+    """A key as shown in a path: bounded, and quoted when it holds what would garble a message."""
+    if len(part) > room:
+        return repr(part[:room])[:-1] + "...'"
+    return part if part.isprintable() else repr(part)
+
+
+def _secret_path(loc: list[str]) -> bool:
+    """Whether the value at `loc` may be a secret: a key the user named (env_vars' keys) that looks
+    like one, or a field where a careless user might paste a token instead of its name."""
+    return any(looks_secret(part) and part not in _schema_fields() for part in loc) or loc[-1:] in (
+        ["auth_token_env"], ["auth_token_file"])
+
+
+@functools.cache
+def _schema_fields() -> frozenset[str]:
+    """Every field name in the spec's schema: ours, never a user's secret (max_new_tokens)."""
+    names: set[str] = set()
+    todo: list[type[BaseModel]] = [ExperimentSpec]
+    seen: set[type[BaseModel]] = set()
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            names.add(name)
+            todo += _models_in(field.annotation) + _models_in(_container_value(field.annotation))
+    return frozenset(names)
 
 
 def _models_in(ann: Any) -> list[type[BaseModel]]:

@@ -6,44 +6,51 @@ them, reports progress, and writes one summary beside the run's other files.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from trainers.checkpoint import read_manifest, read_spec
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainers.checkpoint import read_manifest, read_train
+from trainers.console import say
+from trainers.tasks import get_task
 
 from .connect import connect
 from .spec import ExperimentSpec
 
+SUMMARY_FILE = "summary.json"
 
-@dataclass
-class RunSummary:
+
+class RunSummary(BaseModel):
+    """summary.json: what `zerotune run` did and found."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     run_dir: str
     checkpoint: str
-    winner_values: dict[str, Any]
+    winner_values: dict[str, Any] = Field(description="The winner's sampled values by dotted path (empty: no sweep).")
     validation_metrics: dict[str, float]
     test_rows: int = 0
-    test_metrics: dict[str, float] = field(default_factory=dict)
-    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, float] = Field(default_factory=dict)
+    baseline_metrics: dict[str, float] = Field(default_factory=dict)
     url: str | None = None
     example: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = Field(default_factory=dict)
+    report: str | None = Field(default=None, description="report.html: winner, trials, plots, held-out scores.")
 
 
 def _stage(n: int, total: int, what: str) -> None:
-    print(f"\n[zerotune] stage {n}/{total}: {what}", flush=True)
+    say(f"stage {n}/{total}: {what}")
 
 
 def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
     from trainers.launch import fit, resolve_storage
+    from trainers.storage import Location
 
     storage = resolve_storage(spec.cluster.storage_path)
     total = 3 if spec.serve else 1
-    conn = connect(spec.cluster)
-    print(f"[zerotune] {conn}", flush=True)
+    say(str(connect(spec.cluster)))
     seconds: dict[str, float] = {}
 
     started = time.time()
@@ -52,15 +59,14 @@ def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
 
         _stage(1, total, "tune: search, stop weak trials early, pick the winner")
         sweep = run_sweep(spec.tune, spec.train, storage_path=storage, name=spec.name, resume=resume)
-        checkpoint, values = sweep.best["checkpoint"], dict(sweep.best.get("config", {}))
-        validation = {k: v for k, v in sweep.best.get("metrics", {}).items() if k.startswith("eval_")}
+        checkpoint, values, report = sweep.best.checkpoint, dict(sweep.best.config), sweep.best.metrics
         run_dir = sweep.path
     else:
         _stage(1, total, "train")
         result = fit(spec.train, storage_path=storage, name=spec.name)
-        checkpoint, values = result.best_checkpoint or result.latest_checkpoint, {}
-        validation = {k: v for k, v in (result.best_metrics or result.metrics).items() if k.startswith("eval_")}
+        checkpoint, values, report = result.best_checkpoint or result.latest_checkpoint, {}, result.best or result.final
         run_dir = result.run_dir
+    validation = dict(report.eval) if report else {}
     seconds["train"] = time.time() - started
     summary = RunSummary(name=spec.name, run_dir=run_dir, checkpoint=checkpoint, winner_values=values,
                          validation_metrics=validation, seconds=seconds)
@@ -80,8 +86,15 @@ def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
         _held_out(summary, spec)
         seconds["test"] = time.time() - started
 
-    if "://" not in run_dir:
-        Path(run_dir, "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    if spec.tune:
+        from tuning.html_report import HeldOut
+
+        from .report_html import write_sweep_report
+
+        held = (HeldOut(rows=summary.test_rows, model=summary.test_metrics, baseline=summary.baseline_metrics,
+                        url=summary.url) if summary.test_metrics else None)
+        summary.report = str(write_sweep_report(spec, sweep, held_out=held))
+    Location.parse(run_dir).join(SUMMARY_FILE).write_text(summary.model_dump_json(indent=2))
     return summary
 
 
@@ -92,11 +105,12 @@ def _held_out(summary: RunSummary, spec: ExperimentSpec) -> None:
     from trainers.baseline import held_out, score, tfidf_baseline
     from trainers.data import load_splits
 
-    train = read_spec(summary.checkpoint)  # the winner's own spec: its data and labels
-    if train.model.task != "sequence-classification":
-        print("[zerotune] held-out scoring through HTTP is done for sequence classification only", flush=True)
+    train = read_train(summary.checkpoint)  # the winner's own spec: its data and labels
+    task = get_task(train.model.task)
+    if not task.held_out_baseline:
+        say(f"held-out scoring through HTTP is not defined for {task.name}")
         return
-    splits = load_splits(train.data, train.model.task, train.model.labels)  # read once, for both scores
+    splits = load_splits(train.data, task, train.model.labels)  # read once, for both scores
     held = held_out(train, splits)
     predicted = classify(summary.url, held.texts, token=read_token(spec.serve))
     summary.test_rows = len(held.texts)

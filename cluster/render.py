@@ -29,8 +29,9 @@ from typing import Any, Literal, get_args
 import yaml
 
 from serving.config import ServeSection
+from trainers.storage import is_uri
 
-from .config import ClusterSection, NodeType
+from .config import ClusterSection, NodeType, ray_runtime_env
 from .errors import ConfigError, UserError
 from .spec import ExperimentSpec
 
@@ -361,7 +362,7 @@ def _launcher_header(spec: ExperimentSpec, provider: str, path: str, overrides: 
 
 
 def _storage_note(spec: ExperimentSpec) -> list[str]:
-    if "://" in spec.cluster.storage_path or not spec.cluster.worker_types:
+    if is_uri(spec.cluster.storage_path) or not spec.cluster.worker_types:
         return []
     return [f"NOTE: cluster.storage_path {spec.cluster.storage_path!r} is a local path; every node must reach it",
             "(a shared mount), or use s3:// / gs://."]
@@ -395,10 +396,10 @@ def kuberay_manifests(
     c = spec.cluster
     problems = _ray_version_problems(c.image) + _fit_problems(spec)
     storage = c.storage_path.rstrip("/")
-    if working_dir is not None and "://" not in working_dir:
+    if working_dir is not None and not is_uri(working_dir):
         problems.append(f"working_dir: got {working_dir!r}; KubeRay pods fetch the code from a URI "
                         "(https://, s3://, gs://) of a zip of the repository")
-    elif working_dir is None and "://" not in default_working_dir(spec):
+    elif working_dir is None and not is_uri(default_working_dir(spec)):
         problems.append(
             f"cluster.storage_path: {c.storage_path!r} is local, and KubeRay pods fetch the code from a URI: pass "
             "working_dir (--working-dir s3://.../zerotune.zip) or set cluster.storage_path to s3:// or gs://"
@@ -408,14 +409,10 @@ def kuberay_manifests(
         raise ConfigError(spec_path, problems)
 
     name = k8s_name(spec.name)
-    serve = spec.serve or ServeSection()
+    serve = spec.serving
     env = _secret_env(name, serve)
     cluster_spec = _raycluster_spec(c, serve, env)
-    runtime_env: dict[str, Any] = {"working_dir": working_dir}
-    if c.runtime_env.pip:
-        runtime_env["pip"] = list(c.runtime_env.pip)
-    if c.runtime_env.env_vars:
-        runtime_env["env_vars"] = dict(c.runtime_env.env_vars)
+    runtime_env = ray_runtime_env(c.runtime_env, working_dir=working_dir)
     entrypoint = shlex.join(["python", "-m", "cluster.cli", command, spec_path, *overrides])
 
     raycluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": name},
@@ -541,7 +538,7 @@ def _raycluster_spec(c: ClusterSection, serve: ServeSection, env: list[dict[str,
 
 def _kuberay_header(spec: ExperimentSpec, kind: str, name: str, invocation: str, working_dir: str,
                     doc: dict[str, Any]) -> list[str]:
-    port = (spec.serve or ServeSection()).port
+    port = spec.serving.port
     serve_token = spec.serve is not None and spec.serve.auth_token_env is not None
     lines = [
         f"KubeRay {kind} (ray.io/v1), rendered from the spec's cluster: section by",

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from serving.config import ServeSection
 from trainers.config import Section, TrainSection
+from trainers.tasks import get_task
 from tuning.config import TuneSection
 from tuning.search_space import check_search_space
 
@@ -31,6 +32,11 @@ class ExperimentSpec(Section):
         problems: list[str] = []
         if self.tune is not None:
             problems += check_search_space(self.tune, self.train)
+        task = get_task(self.train.model.task)
+        for where, metric in (("train.metric", self.train.metric), ("tune.metric", self.tune and self.tune.metric)):
+            problem = task.metric_problem(metric) if metric else None
+            if problem:
+                problems.append(f"{where}: {problem}")
         max_gpus = self.cluster.max_gpus
         need = self.train.scaling.gpus_per_trial
         if max_gpus is not None and need > max_gpus:
@@ -41,6 +47,11 @@ class ExperimentSpec(Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    @property
+    def serving(self) -> ServeSection:
+        """The serve: section with its defaults when the file has none (`zerotune serve` still serves)."""
+        return self.serve or ServeSection()
 
     @property
     def tune_metric(self) -> str:

@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import sys
 import time
 from pathlib import Path
 
+from trainers.console import say
+
+from .config import ray_runtime_env
 from .errors import ConnectError, UserError
 from .spec import ExperimentSpec
 
@@ -22,13 +26,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 
 
 def runtime_env(spec: ExperimentSpec, working_dir: str) -> dict:
-    env: dict = {"working_dir": working_dir, "excludes": list(EXCLUDES)}
-    if spec.cluster.runtime_env.pip:
-        env["pip"] = list(spec.cluster.runtime_env.pip)
-    env_vars = dict(spec.cluster.runtime_env.env_vars)
-    if env_vars:
-        env["env_vars"] = env_vars
-    return env
+    return ray_runtime_env(spec.cluster.runtime_env, working_dir=working_dir, excludes=EXCLUDES)
 
 
 def _use_local_auth_token() -> None:
@@ -76,13 +74,14 @@ def submit(spec: ExperimentSpec, spec_file: str, overrides: list[str], *, comman
             if "No available agent" not in str(err) or time.time() > deadline:
                 raise
             time.sleep(2)
-    print(f"[zerotune] submitted {job_id} to {address}: {entrypoint}", flush=True)
+    say(f"submitted {job_id} to {address}: {entrypoint}")
     if not follow:
         return job_id, str(client.get_job_status(job_id))
 
     async def _tail() -> None:
         async for lines in client.tail_job_logs(job_id):
-            print(lines, end="", flush=True)
+            sys.stdout.write(lines)  # the job's own output, verbatim
+            sys.stdout.flush()
 
     asyncio.run(_tail())
     status = client.get_job_status(job_id)

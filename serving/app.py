@@ -9,7 +9,6 @@ replica that Serve restarts over and over. Nothing here connects to Ray: callers
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainers.checkpoint import MODEL_DIR, read_manifest
 from trainers.errors import CheckpointError, UserError
+from trainers.storage import Location
 
 from .config import ServeSection
+from .proxy import controller_env
 
 log = logging.getLogger(__name__)
 IMPORT_PATH = "serving.app:build_app"
@@ -43,18 +44,19 @@ def parse_args(args: dict[str, Any]) -> BuildArgs:
         raise UserError(f"serving.app:build_app got invalid args: {problems}") from None
 
 
-def checked_checkpoint(path: str | Path) -> Path:
-    """The checkpoint's absolute path (replicas may run in another working directory), after
-    checking that it is a servable zerotune checkpoint."""
-    p = Path(path).expanduser().resolve()
-    read_manifest(p)  # raises CheckpointError naming what is there instead
-    model_dir = p / MODEL_DIR
-    if not ((model_dir / "config.json").is_file() or (model_dir / "adapter_config.json").is_file()):
+def checked_checkpoint(path: str | Path) -> Location:
+    """The checkpoint's location, absolute (replicas may run in another working directory) or a cloud
+    URI (each replica's node copies it once, trainers.storage.cached_copy), after checking on the
+    driver that it is a servable zerotune checkpoint."""
+    loc = Location.parse(path)
+    read_manifest(loc)  # raises CheckpointError naming what is there instead
+    model_dir = loc.join(MODEL_DIR)
+    if not (model_dir.join("config.json").is_file() or model_dir.join("adapter_config.json").is_file()):
         raise CheckpointError(
-            f"{p} has a manifest but no servable model under {MODEL_DIR}/ (config.json or adapter_config.json); "
+            f"{loc} has a manifest but no servable model under {MODEL_DIR}/ (config.json or adapter_config.json); "
             "was it copied partially?"
         )
-    return p
+    return loc
 
 
 def deployment_options(serve: ServeSection) -> dict[str, Any]:
@@ -84,8 +86,20 @@ def build_app(args: dict[str, Any]):
 
     parsed = parse_args(args)
     checkpoint = checked_checkpoint(parsed.checkpoint)
-    spec = parsed.serve
-    return ModelServer.options(**deployment_options(spec)).bind(str(checkpoint), spec.model_dump(mode="json"))
+    serve = with_checked_adapters(str(checkpoint), parsed.serve)
+    return ModelServer.options(**deployment_options(serve)).bind(str(checkpoint), serve.model_dump(mode="json"))
+
+
+def with_checked_adapters(checkpoint: Path, serve: ServeSection) -> ServeSection:
+    """The section with every adapter checked against the checkpoint (same base, task and labels:
+    refused here, with the reasons, rather than in replicas) and its path made absolute."""
+    from .adapters import check_adapters
+
+    if not serve.adapters:
+        return serve
+    adapters = [a.model_copy(update={"checkpoint": str(checked_checkpoint(a.checkpoint))}) for a in serve.adapters]
+    check_adapters(checkpoint, adapters)
+    return serve.model_copy(update={"adapters": adapters})
 
 
 def base_url(serve: ServeSection) -> str:
@@ -94,58 +108,49 @@ def base_url(serve: ServeSection) -> str:
     return f"http://{host}:{serve.port}{serve.route_prefix.rstrip('/')}"
 
 
-def start(checkpoint: str | Path, serve_section: ServeSection | None = None, *, blocking: bool = False) -> str:
-    """Deploy the checkpoint on the connected Ray cluster and return the app's base URL.
-
-    blocking=True then waits until Ctrl-C and deletes the app (draining in-flight requests)."""
+def start(checkpoint: str | Path, serve: ServeSection) -> str:
+    """Deploy the checkpoint on the connected Ray cluster and return the app's base URL."""
     import ray
-    from ray import serve
+    from ray import serve as ray_serve
 
-    spec = serve_section or ServeSection()
     if not ray.is_initialized():
         raise UserError("connect to Ray before serving (cluster.connect.connect); serving.app.start does not")
-    app = build_app({"checkpoint": str(checkpoint), "serve": spec.model_dump(mode="json")})
-    serve.start(http_options={"host": spec.host, "port": spec.port})
-    _check_http_options(spec)
-    serve.run(app, name=spec.app_name, route_prefix=spec.route_prefix)
-    url = base_url(spec)
-    if blocking:
-        log.info("serving %s at %s (Ctrl-C stops it)", checkpoint, url)
-        try:
-            while True:
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            serve.delete(spec.app_name)
-    return url
+    app = build_app({"checkpoint": str(checkpoint), "serve": serve.model_dump(mode="json")})
+    # the controller's environment reaches the proxies: Serve's own errors (503 ...) become JSON
+    ray_serve.start(http_options={"host": serve.host, "port": serve.port}, controller_options=controller_env())
+    _check_http_options(serve)
+    ray_serve.run(app, name=serve.app_name, route_prefix=serve.route_prefix)
+    return base_url(serve)
 
 
-def _check_http_options(spec: ServeSection) -> None:
+def _check_http_options(serve: ServeSection) -> None:
     """Serve's HTTP options are fixed when Serve first starts on a cluster; a different host or
     port would be ignored silently and the returned URL would be wrong."""
     from ray.serve.context import _get_global_client  # no public getter for the live HTTP options
 
     live = getattr(_get_global_client(), "http_config", None)
-    if live is not None and (live.host, live.port) != (spec.host, spec.port):
+    if live is not None and (live.host, live.port) != (serve.host, serve.port):
         raise UserError(
             f"Serve already runs on this cluster at {live.host}:{live.port}; serve.host/port "
-            f"({spec.host}:{spec.port}) cannot change until it stops (`serve shutdown`). Use that address or "
+            f"({serve.host}:{serve.port}) cannot change until it stops (`serve shutdown`). Use that address or "
             "stop Serve first."
         )
 
 
-def serve_config(checkpoint: str | Path, serve_section: ServeSection | None = None) -> dict[str, Any]:
+def serve_config(checkpoint: str | Path, serve: ServeSection) -> dict[str, Any]:
     """A Serve config (write it as YAML) that `serve deploy` turns into the same app as `start`."""
-    spec = serve_section or ServeSection()
     path = checked_checkpoint(checkpoint)
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": spec.host, "port": spec.port},
+        "http_options": {"host": serve.host, "port": serve.port},
+        "controller_options": controller_env(),  # see serving/proxy.py
         "applications": [
             {
-                "name": spec.app_name,
-                "route_prefix": spec.route_prefix,
+                "name": serve.app_name,
+                "route_prefix": serve.route_prefix,
                 "import_path": IMPORT_PATH,
-                "args": {"checkpoint": str(path), "serve": spec.model_dump(mode="json", exclude_defaults=True)},
+                "args": {"checkpoint": str(path),
+                         "serve": with_checked_adapters(str(path), serve).model_dump(mode="json", exclude_defaults=True)},
             }
         ],
     }

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import httpx
 
+from trainers.tasks import get_task
+
 from .config import ServeSection
 
 
@@ -25,15 +27,10 @@ def classify(url: str, texts: Sequence[str], *, token: str | None = None, batch:
 
 def example_request(url: str, task: str, serve: ServeSection | None = None) -> str:
     """A curl line a person can paste to try the endpoint (naming, never showing, the token)."""
-    if task == "sequence-classification":
-        path, body = "v1/classify", '{"inputs": ["I love this!", "this is awful"]}'
-    elif task == "token-classification":
-        path, body = "v1/tag", '{"inputs": ["Alice visited Paris"]}'
-    else:
-        path, body = "v1/completions", '{"prompt": "Hello", "max_tokens": 16}'
+    route, body = get_task(task).example_request
     auth = ""
     if serve is not None and serve.auth_token_env:
         auth = f' -H "Authorization: Bearer ${serve.auth_token_env}"'
     elif serve is not None and serve.auth_token_file:
         auth = f' -H "Authorization: Bearer $(cat {serve.auth_token_file})"'
-    return f"curl -s -X POST {url}/{path} -H 'Content-Type: application/json'{auth} -d '{body}'"
+    return f"curl -s -X POST {url}{route} -H 'Content-Type: application/json'{auth} -d '{body}'"

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from trainers.config import Section
+
+_URL_PATH = re.compile(r"/|(/[A-Za-z0-9._~%!$&'()*+,;=:@-]+)+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class AdapterSpec(Section):
+    """One more LoRA adapter served on the same base model as the app's checkpoint."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="What requests put in their `model` field (or '<app_name>:<name>') to get this adapter.",
+    )
+    checkpoint: str = Field(
+        description="A zerotune checkpoint of kind 'adapter' (LoRA, not merged) with the same base model, task "
+        "and labels as the app's checkpoint.",
+    )
 
 
 class ServeSection(Section):
     host: str = Field(default="127.0.0.1", description="HTTP bind address; loopback unless you open it on purpose.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
-    route_prefix: str = Field(default="/", pattern=r"^/", description="URL prefix of the app.")
+    route_prefix: str = Field(
+        default="/", description="URL prefix of the app: '/' or '/a/b' (Ray Serve's rules: a leading '/', no "
+        "trailing '/', no '{' or '}')."
+    )
     app_name: str = Field(default="zerotune", pattern=r"^[A-Za-z0-9_.-]+$", description="Serve application name.")
     max_batch_size: int = Field(default=16, ge=1, description="Most inputs, across requests, in one forward pass.")
     batch_wait_timeout_s: float = Field(
@@ -56,6 +76,46 @@ class ServeSection(Section):
     health_check_period_s: float = Field(
         default=10.0, gt=0, description="Seconds between replica health checks (each runs the model on a tiny input)."
     )
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        description="More LoRA adapters of the checkpoint's base, served by the same replicas: one base model per "
+        "replica, the adapter chosen per request by its `model` field (Ray Serve model multiplexing; send the "
+        "'serve_multiplexed_model_id' header too and requests go to replicas that already hold the adapter). "
+        "The app's checkpoint must then be an adapter checkpoint as well.",
+    )
+    max_adapters_per_replica: int = Field(
+        default=4, ge=1, description="Adapters (beyond the app's own) a replica keeps loaded; least recently used "
+        "ones are unloaded first.",
+    )
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route_prefix(cls, v: str) -> str:
+        # Ray Serve checks the first three only when the app deploys, with a traceback.
+        if not v.startswith("/"):
+            raise ValueError(f"route_prefix must start with '/'; use {'/' + v.rstrip('/')!r}")
+        if v != "/" and v.endswith("/"):
+            raise ValueError(f"route_prefix must not end with '/' (except '/' itself); use {v.rstrip('/') or '/'!r}")
+        if "{" in v or "}" in v:
+            raise ValueError("route_prefix cannot hold Serve wildcards ('{' or '}'); use a fixed path like '/api'")
+        if "//" in v or not _URL_PATH.fullmatch(v):
+            raise ValueError("route_prefix must be a URL path: '/'-separated, non-empty segments of letters, "
+                             "digits and - . _ ~ (no spaces, '?' or '#')")
+        return v
+
+    @field_validator("auth_token_env", "auth_token_file")
+    @classmethod
+    def _token_source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # An empty name would read as "no auth" downstream: refuse it rather than serve an open endpoint.
+        # Messages never repeat the value: a careless user may have pasted the token itself.
+        what = "environment variable" if info.field_name == "auth_token_env" else "file"
+        if v is not None and not v.strip():
+            raise ValueError(f"{info.field_name} is empty, which would serve without auth; name the {what} that "
+                             "holds the token, or remove the key to serve without one")
+        if v is not None and info.field_name == "auth_token_env" and not _ENV_NAME.fullmatch(v):
+            raise ValueError("auth_token_env must be an environment variable's name (letters, digits, '_'; not "
+                             "starting with a digit), the variable that holds the token, not the token itself")
+        return v
 
     @model_validator(mode="after")
     def _replicas(self) -> ServeSection:
@@ -65,6 +125,13 @@ class ServeSection(Section):
             )
         if self.auth_token_env and self.auth_token_file:
             raise ValueError("set one of auth_token_env or auth_token_file, not both")
+        names = [a.name for a in self.adapters]
+        repeated = sorted({n for n in names if names.count(n) > 1} | ({self.app_name} & set(names)))
+        if repeated:
+            raise ValueError(f"adapter names must be unique and differ from app_name ({self.app_name!r}); "
+                             f"repeated: {', '.join(repeated)}")
+        if self.adapters and self.quantize != "none":
+            raise ValueError("quantize 'int8' cannot be combined with serve.adapters (LoRA runs on fp weights)")
         if self.quantize == "int8" and (self.num_gpus_per_replica > 0 or self.dtype not in ("auto", "fp32")):
             raise ValueError(
                 "quantize 'int8' (dynamic, CPU) needs num_gpus_per_replica 0 and dtype 'auto' or 'fp32'; "

@@ -52,9 +52,17 @@ def read_token(serve: ServeSection) -> str | None:
     return None
 
 
-def error_response(code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(message=message, type=kind, code=code))
+def error_response(code: int, kind: str, message: str, headers: dict[str, str] | None = None,
+                   param: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(message=message, type=kind, code=code, param=param))
     return JSONResponse(body.model_dump(exclude_none=True), status_code=code, headers=headers)
+
+
+def token_matches(authorization: str | None, token: str) -> bool:
+    """Whether an Authorization header carries the bearer token; compare_digest takes the same time
+    wherever the first difference is."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def route_path(scope: Scope) -> str:
@@ -85,12 +93,10 @@ class _TooLarge(Exception):
 
 class Guard:
     def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
-        self.app, self._token, self.max_body_bytes = app, token.encode() if token else None, max_body_bytes
+        self.app, self._token, self.max_body_bytes = app, token or None, max_body_bytes
 
     def _authorized(self, scope: Scope) -> bool:
-        scheme, _, given = (_header(scope, b"authorization") or "").partition(" ")
-        # compare_digest takes the same time wherever the first difference is
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
+        return token_matches(_header(scope, b"authorization"), self._token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -128,7 +128,8 @@ def pretrain_copy_lm(path: Path, steps: int = 80) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainers.config import DataSection
-    from trainers.encode import collate, encode_rows
+    from trainers.encode import collate
+    from trainers.tasks import get_task
 
     torch.manual_seed(0)
     rng = random.Random(1)
@@ -136,7 +137,7 @@ def pretrain_copy_lm(path: Path, steps: int = 80) -> str:
     model = AutoModelForCausalLM.from_pretrained(path)
     rows = [{"prompt": f"repeat : {' '.join(w)} :", "completion": " ".join(w)}
             for w in (rng.sample(FILLER + PEOPLE + PLACES, 3) for _ in range(steps * 32))]
-    encoded = encode_rows(rows, tok, DataSection(train="unused.jsonl", max_length=24), "causal-lm", None)
+    encoded = get_task("causal-lm").encode(rows, tok, DataSection(train="unused.jsonl", max_length=24), None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for s in range(steps):
         loss = model(**collate(encoded[s * 32:(s + 1) * 32], tok.pad_token_id)).loss

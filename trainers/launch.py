@@ -6,37 +6,33 @@ then builds a Ray Train v2 TorchTrainer around the per-worker loop.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import DIVERGED, read_manifest
-from .config import TrainSection
+from .config import TrainSection, with_values
+from .console import say
 from .data import Splits, load_splits
-from .encode import encode_rows
 from .errors import UserError
 from .loop import WorkerConfig, train_loop
 from .model import load_tokenizer, resolve_model_path
+from .rounds import RoundReport
+from .storage import Location, StorageError
+from .tasks import get_task
 
 
 class TrainingDivergedError(UserError):
     """The loss became NaN or infinite; retrying from a checkpoint would diverge again."""
 
 
-class StorageError(UserError):
-    """The storage path cannot be written."""
-
-
 @dataclass(frozen=True)
 class FitResult:
     run_dir: str
-    metrics: dict[str, Any]
+    final: RoundReport | None  # the last round reported
     best_checkpoint: str | None
     latest_checkpoint: str | None
-    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best: RoundReport | None = None  # the round of best_checkpoint
 
 
 def prepare(train: TrainSection) -> tuple[TrainSection, Splits]:
@@ -48,29 +44,27 @@ def prepare(train: TrainSection) -> tuple[TrainSection, Splits]:
         if manifest.task != train.model.task:
             raise UserError(f"train.model.init_from is a {manifest.task} checkpoint; this run is {train.model.task}")
         labels = labels or manifest.labels
-    splits = load_splits(train.data, train.model.task, labels)
+    task = get_task(train.model.task)
+    splits = load_splits(train.data, task, labels)
     tokenizer = load_tokenizer(base_path, trust_remote_code=train.model.trust_remote_code,
                                revision=train.model.revision)
     # Encode a few rows here so tokenizer problems (no chat template, ...) surface before workers start.
-    encode_rows(splits.train[:8], tokenizer, train.data, train.model.task, splits.labels)
-    resolved = train.model_copy(update={"model": train.model.model_copy(update={"labels": splits.labels})})
-    return TrainSection.model_validate(resolved.model_dump()), splits
+    task.encode(splits.train[:8], tokenizer, train.data, splits.labels)
+    return with_values(train, {"model.labels": splits.labels}), splits
 
 
-def resolve_storage(storage_path: str) -> str:
-    """Absolute local path (checked writable) or a cloud URI, as Ray Train wants it."""
-    if "://" in storage_path:
-        return storage_path
-    path = Path(storage_path).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".zerotune-write-test-{uuid.uuid4().hex}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise StorageError(f"cannot write to storage path {storage_path!r} ({err}); set cluster.storage_path "
-                           "to a writable directory or an s3:// / gs:// URI") from None
-    return str(path)
+def resolve_storage(storage_path: str | Location) -> Location:
+    """The storage root as a Location, checked writable now (a wrong path, bucket, endpoint or
+    credential fails here, before any worker starts)."""
+    root = Location.parse(storage_path)
+    if root.is_local:
+        try:
+            root.local().mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot write to storage path {str(storage_path)!r} ({err}); set "
+                               "cluster.storage_path to a writable directory or an s3:// / gs:// URI") from None
+    root.check_writable("cluster.storage_path")
+    return root
 
 
 def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequence[Any] = (),
@@ -80,15 +74,14 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
     from ray.train.torch import TorchConfig, TorchTrainer
 
     storage = resolve_storage(storage_path)
-    _refuse_diverged_run(storage, name)
+    _refuse_diverged_run(storage.join(name), name)
     train, splits = prepare(train)
     s = train.scaling
     if verbose:
-        print(f"[zerotune] {name}: {train.model.task} on {len(splits.train)} train / {len(splits.validation)} "
-              f"validation rows; {s.num_workers} worker(s), ZeRO-{train.deepspeed.zero_stage}, "
-              f"global batch {train.global_batch_size}" + (f", labels {splits.labels}" if splits.labels else ""),
-              flush=True)
-    tensorboard = os.path.join(storage, name, "tensorboard") if "://" not in storage else None
+        say(f"{name}: {train.model.task} on {len(splits.train)} train / {len(splits.validation)} "
+            f"validation rows; {s.num_workers} worker(s), ZeRO-{train.deepspeed.zero_stage}, "
+            f"global batch {train.global_batch_size}" + (f", labels {splits.labels}" if splits.labels else ""))
+    tensorboard = str(storage.join(name, "tensorboard"))
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop,
@@ -97,7 +90,7 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=str(storage),
             checkpoint_config=CheckpointConfig(num_to_keep=s.keep_checkpoints,
                                                checkpoint_score_attribute=train.resolved_metric,
                                                checkpoint_score_order=train.resolved_mode),
@@ -106,40 +99,39 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
         ),
     )
     result = trainer.fit()
-    metrics = dict(result.metrics or {})
-    if metrics.get("diverged"):
+    final = RoundReport.from_ray(result.metrics) if result.metrics else None
+    if final is not None and final.diverged:
         raise TrainingDivergedError(
-            f"training diverged: the loss was {metrics.get('train_loss')} at step {metrics.get('step')}. "
+            f"training diverged: the loss was {final.train_loss} at step {final.step}. "
             f"Lower train.optim.lr (now {train.optim.lr:g}), add warmup (train.schedule.warmup_ratio) "
             "or gradient clipping (train.optim.grad_clip)."
         )
-    best = _best_checkpoint(result, train)
+    best_path, best = _best_checkpoint(result, train)
+    # Ray reports paths on the storage filesystem (bucket/prefix/..., no scheme): make them URIs again.
     return FitResult(
-        run_dir=str(result.path),
-        metrics=metrics,
-        best_checkpoint=best[0],
-        best_metrics=best[1],
-        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
+        run_dir=str(storage.at(result.path)),
+        final=final,
+        best_checkpoint=str(storage.at(best_path)) if best_path else None,
+        best=best,
+        latest_checkpoint=str(storage.at(result.checkpoint.path)) if result.checkpoint else None,
     )
 
 
-def _refuse_diverged_run(storage: str, name: str) -> None:
+def _refuse_diverged_run(run: Location, name: str) -> None:
     """A rerun would resume from the marker of a diverged run; say so instead."""
-    if "://" in storage:
-        return
-    run = Path(storage) / name
-    marks = sorted(run.glob(f"checkpoint_*/{DIVERGED}"))
+    marks = [c for c in run.list() if c.startswith("checkpoint_") and run.join(c, DIVERGED).is_file()]
     if marks:
         raise TrainingDivergedError(
-            f"run {name!r} diverged earlier ({marks[-1].parent.name}); resuming it would diverge again. "
+            f"run {name!r} diverged earlier ({marks[-1]}); resuming it would diverge again. "
             f"Fix the cause, then remove {run} or pick another run name."
         )
 
 
-def _best_checkpoint(result, train: TrainSection) -> tuple[str | None, dict[str, Any]]:
-    pairs = [(c, m) for c, m in (result.best_checkpoints or []) if train.resolved_metric in m and not m.get("diverged")]
-    if not pairs:
-        return None, {}
+def _best_checkpoint(result, train: TrainSection) -> tuple[str | None, RoundReport | None]:
+    metric = train.resolved_metric
+    rounds = [(c.path, RoundReport.from_ray(m)) for c, m in (result.best_checkpoints or [])]
+    scored = [(path, r) for path, r in rounds if not r.diverged and r.value(metric) is not None]
+    if not scored:
+        return None, None
     sign = 1 if train.resolved_mode == "max" else -1
-    ckpt, metrics = max(pairs, key=lambda cm: sign * cm[1][train.resolved_metric])
-    return ckpt.path, dict(metrics)
+    return max(scored, key=lambda pr: sign * pr[1].value(metric))

@@ -1,36 +1,53 @@
-"""The per-worker training recipe. Reads top to bottom:
+"""The per-worker training recipe, in named stages (as torchtune's recipes and litgpt's
+setup -> fit read):
 
-validate the config -> model and tokenizer -> this worker's data shard -> deepspeed.initialize
-with the rendered config -> resume from the latest checkpoint -> steps with evaluation every K
-steps (or each epoch) -> `ray.train.report(metrics, checkpoint)` from every rank.
+    setup     validate the config -> model and tokenizer -> this worker's data shard ->
+              deepspeed.initialize with the rendered config
+    resume    continue from the latest checkpoint (a rerun, or a retry after a worker died)
+    train     steps until the schedule ends; every K steps (or each epoch) `evaluate_and_report`
+    evaluate_and_report
+              validation metrics over every rank's shard, a checkpoint, `ray.train.report`
+    finish    close the TensorBoard writer, say how long it took
 
 Everything comes from the function's argument; nothing is read from module globals.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import shutil
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from .checkpoint import DIVERGED, STATE_DIR, TRAINER_STATE, load_for_inference, write_servable
+from .checkpoint import (
+    DIVERGED,
+    STATE_DIR,
+    TRAINER_STATE,
+    DivergedMarker,
+    Probe,
+    load_for_inference,
+    write_servable,
+)
 from .config import TrainSection
+from .console import progress, say
 from .data import load_splits
 from .deepspeed import render_config, resolve_precision
-from .encode import IGNORE, collate, encode_rows
-from .metrics import classification_metrics, entity_counts, entity_metrics, lm_metrics
+from .encode import collate
 from .model import count_parameters, load_base_model, load_tokenizer, prepare_for_training, resolve_model_path
+from .rounds import RoundReport
+from .tasks import IGNORE, Task, get_task
+from .tensorboard import TensorBoard
 
 DS_TAG = "ds"  # one fixed DeepSpeed tag per checkpoint directory: a checkpoint holds one state
+PROBE_ROWS = 4
 
 
 class WorkerConfig(BaseModel):
@@ -51,146 +68,307 @@ class TrainerState(BaseModel):
 
 
 def train_loop(config: dict) -> None:
-    import deepspeed
-    import ray.train
-    import ray.train.torch
-    from torch.utils.data import DataLoader, DistributedSampler
+    recipe = Recipe.setup(WorkerConfig.model_validate(config))
+    recipe.resume()
+    recipe.train()
+    recipe.finish()
 
-    cfg = WorkerConfig.model_validate(config)
-    spec = cfg.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    on_gpu = device.type == "cuda"
-    _quiet_libraries()
-    torch.manual_seed(spec.data.seed)
-    task, labels = spec.model.task, spec.model.labels
 
-    # Model and tokenizer: the base model, or a previous zerotune checkpoint to continue from.
-    base_path = resolve_model_path(spec.model.name_or_path)
-    tokenizer = load_tokenizer(base_path, trust_remote_code=spec.model.trust_remote_code, revision=spec.model.revision)
-    if spec.model.init_from:
-        model = load_for_inference(spec.model.init_from)[0]
-    else:
-        model = load_base_model(base_path, task, labels, trust_remote_code=spec.model.trust_remote_code,
-                                revision=spec.model.revision, attn_implementation=spec.model.attn_implementation)
-    model = prepare_for_training(model, spec.model, spec.lora)
-    params = count_parameters(model)
+@dataclass
+class Window:
+    """Loss and throughput since the last evaluation round (what each round reports)."""
 
-    # Data: every worker reads the same seeded splits; DistributedSampler gives each a disjoint
-    # shard. We chose it over Ray Data because fine-tuning sets fit in memory, and a sampler keeps
-    # the exact epoch/batch position that exact resume needs without extra CPU-hungry tasks.
-    splits = load_splits(spec.data, task, labels)
-    train_rows = encode_rows(splits.train, tokenizer, spec.data, task, labels)
-    val_rows = encode_rows(splits.validation, tokenizer, spec.data, task, labels)
-    pad_id = tokenizer.pad_token_id
-    sampler = DistributedSampler(train_rows, num_replicas=world, rank=rank, shuffle=True, seed=spec.data.seed)
-    loader = DataLoader(train_rows, batch_size=spec.schedule.micro_batch_size, sampler=sampler,
-                        collate_fn=partial(collate, pad_id=pad_id))
-    accum = spec.schedule.gradient_accumulation_steps
-    steps_per_epoch = max(1, len(loader) // accum)
-    total_steps = spec.schedule.epochs * steps_per_epoch
-    if spec.schedule.max_steps:
-        total_steps = min(total_steps, spec.schedule.max_steps)
+    world: int
+    started: float = field(default_factory=time.time)
+    samples: int = 0
+    tokens: int = 0
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    micro_batches: int = 0
 
-    # DeepSpeed, configured from the spec and the step count computed above.
-    precision = resolve_precision(spec.deepspeed.precision, on_gpu=on_gpu,
-                                  bf16_supported=on_gpu and torch.cuda.is_bf16_supported())
-    ds_config = render_config(spec, world_size=world, total_steps=total_steps, precision=precision, on_gpu=on_gpu)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
-    )
+    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        self.samples += batch["input_ids"].shape[0]
+        self.tokens += int(batch["attention_mask"].sum())
+        self.loss_sum += loss.detach().double().cpu()
+        self.micro_batches += 1
 
-    # Resume: a rerun with the same name, or a retry after a worker died, continues here.
-    state = TrainerState()
-    resumed_from = -1
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            engine.load_checkpoint(str(Path(d) / STATE_DIR), tag=DS_TAG)
-            state = TrainerState.model_validate_json((Path(d) / STATE_DIR / TRAINER_STATE).read_text())
-        resumed_from = state.step
-        if rank == 0:
-            _say(f"resumed from step {state.step} (epoch {state.epoch})")
+    def mean_loss(self) -> float:
+        """The mean micro-batch loss over every rank (all ranks call it together)."""
+        return _all_mean(self.loss_sum / max(self.micro_batches, 1), self.world)
 
-    writer = _tensorboard(cfg.tensorboard_dir) if rank == 0 else None
-    probe = val_rows[: min(4, len(val_rows))]
-    val_shard = _equal_shard(val_rows, rank, world, task)
-    evaluate = partial(_evaluate, engine=engine, rows=val_shard, spec=spec, device=device, pad_id=pad_id)
+    def rates(self) -> dict[str, float]:
+        elapsed = max(time.time() - self.started, 1e-9)
+        return {"samples_per_s": self.samples * self.world / elapsed, "tokens_per_s": self.tokens * self.world / elapsed}
 
-    def report(train_loss: float, throughput: dict[str, float]) -> None:
-        metrics = {**evaluate(), "train_loss": train_loss, "step": state.step, "total_steps": total_steps,
-                   "epoch": state.epoch, "lr": float(engine.get_lr()[0]),
-                   "trainable_params": params[0], "total_params": params[1],
-                   "peak_memory_mb": _peak_memory_mb(on_gpu), "optimizer_state_mb": _optimizer_state_mb(engine),
-                   "diverged": 0, "resumed_from_step": resumed_from,
-                   **throughput}
-        if writer:
-            for k, v in metrics.items():
-                writer.add_scalar(k, v, state.step)
-            writer.flush()
-        if rank == 0:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("eval_"))
-            _say(f"eval at step {state.step}/{total_steps}: {shown}")
-        _save_and_report(engine, spec, tokenizer, labels, state, metrics, params,
-                         _probe_outputs(engine, probe, task, device, pad_id), rank)
 
-    # The loop.
-    engine.train()
-    start, window_start = time.time(), time.time()
-    samples = tokens = 0
-    loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
-    last_reported, done = -1, state.step >= total_steps
-    eval_every = spec.schedule.eval_every_steps
-    while not done:
-        sampler.set_epoch(state.epoch)
-        for i, batch in enumerate(loader):
-            if i < state.micro_in_epoch:
-                continue  # already trained on before the restart
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            state.micro_in_epoch = i + 1
-            samples += batch["input_ids"].shape[0]
-            tokens += int(batch["attention_mask"].sum())
-            loss_sum += loss.detach().double().cpu()
-            loss_count += 1
-            if engine.global_steps <= state.step:
-                continue  # still accumulating gradients
-            state.step = engine.global_steps
-            mean_loss = _all_mean(loss_sum / max(loss_count, 1), world)
-            if not math.isfinite(mean_loss):
-                # Every rank sees the same all-reduced value, so every rank stops here together.
-                _report_divergence(state, mean_loss, spec, rank)
-                return
-            elapsed = time.time() - window_start
-            throughput = {"samples_per_s": samples * world / max(elapsed, 1e-9),
-                          "tokens_per_s": tokens * world / max(elapsed, 1e-9)}
-            if rank == 0 and (state.step % spec.schedule.log_every_steps == 0 or state.step == 1):
-                _progress(state, total_steps, mean_loss, engine.get_lr()[0], throughput, start)
-            if writer:
-                writer.add_scalar("train_loss", mean_loss, state.step)
-            if (eval_every and state.step % eval_every == 0) or state.step >= total_steps:
-                report(mean_loss, throughput)
-                last_reported = state.step
-                loss_sum, loss_count, samples, tokens, window_start = loss_sum * 0, 0, 0, 0, time.time()
-            if state.step >= total_steps:
-                done = True
-                break
+@dataclass
+class Recipe:
+    """One worker's training run; `setup` builds it, then resume -> train -> finish."""
+
+    section: TrainSection  # the train: section
+    task: Task
+    labels: list[str] | None
+    rank: int
+    world: int
+    device: torch.device
+    tokenizer: Any
+    engine: Any  # deepspeed.DeepSpeedEngine
+    params: tuple[int, int]  # trainable, total
+    sampler: Any  # torch DistributedSampler (set_epoch per epoch)
+    loader: Any  # torch DataLoader over this rank's shard
+    total_steps: int
+    probe_rows: list[dict]
+    val_shard: list[dict]
+    writer: TensorBoard | None  # rank 0 only
+    state: TrainerState = field(default_factory=TrainerState)
+    resumed_from: int = -1
+    diverged: bool = False
+    started: float = field(default_factory=time.time)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    # --- setup ------------------------------------------------------------------------------------
+
+    @classmethod
+    def setup(cls, cfg: WorkerConfig) -> Recipe:
+        import deepspeed
+        import ray.train
+        import ray.train.torch
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        train = cfg.train
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        device = ray.train.torch.get_device()
+        on_gpu = device.type == "cuda"
+        _quiet_libraries()
+        torch.manual_seed(train.data.seed)
+        task, labels = get_task(train.model.task), train.model.labels
+
+        # Model and tokenizer: the base model, or a previous zerotune checkpoint to continue from.
+        base_path = resolve_model_path(train.model.name_or_path)
+        tokenizer = load_tokenizer(base_path, trust_remote_code=train.model.trust_remote_code,
+                                   revision=train.model.revision)
+        if train.model.init_from:
+            model = load_for_inference(train.model.init_from).model
         else:
+            model = load_base_model(base_path, task, labels, trust_remote_code=train.model.trust_remote_code,
+                                    revision=train.model.revision, attn_implementation=train.model.attn_implementation)
+        model = prepare_for_training(model, train.model, train.lora)
+        params = count_parameters(model)
+
+        # Data: every worker reads the same seeded splits; DistributedSampler gives each a disjoint
+        # shard. We chose it over Ray Data because fine-tuning sets fit in memory, and a sampler keeps
+        # the exact epoch/batch position that exact resume needs without extra CPU-hungry tasks.
+        splits = load_splits(train.data, task, labels)
+        train_rows = task.encode(splits.train, tokenizer, train.data, labels)
+        val_rows = task.encode(splits.validation, tokenizer, train.data, labels)
+        sampler = DistributedSampler(train_rows, num_replicas=world, rank=rank, shuffle=True, seed=train.data.seed)
+        loader = DataLoader(train_rows, batch_size=train.schedule.micro_batch_size, sampler=sampler,
+                            collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))
+        steps_per_epoch = max(1, len(loader) // train.schedule.gradient_accumulation_steps)
+        total_steps = train.schedule.epochs * steps_per_epoch
+        if train.schedule.max_steps:
+            total_steps = min(total_steps, train.schedule.max_steps)
+
+        # DeepSpeed, configured from the train and the step count computed above.
+        precision = resolve_precision(train.deepspeed.precision, on_gpu=on_gpu,
+                                      bf16_supported=on_gpu and torch.cuda.is_bf16_supported())
+        ds_config = render_config(train, world_size=world, total_steps=total_steps, precision=precision,
+                                  on_gpu=on_gpu)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+        )
+        return cls(section=train, task=task, labels=labels, rank=rank, world=world, device=device, tokenizer=tokenizer,
+                   engine=engine, params=params, sampler=sampler, loader=loader,
+                   total_steps=total_steps, probe_rows=val_rows[:PROBE_ROWS],
+                   val_shard=_equal_shard(val_rows, rank, world, task),
+                   writer=TensorBoard(cfg.tensorboard_dir) if rank == 0 and cfg.tensorboard_dir else None)
+
+    # --- resume -----------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return
+        with checkpoint.as_directory() as d:
+            self.engine.load_checkpoint(str(Path(d) / STATE_DIR), tag=DS_TAG)
+            self.state = TrainerState.model_validate_json((Path(d) / STATE_DIR / TRAINER_STATE).read_text())
+        self.resumed_from = self.state.step
+        if self.rank == 0:
+            say(f"resumed from step {self.state.step} (epoch {self.state.epoch})")
+
+    # --- train ------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Epochs of micro-batches; a round of evaluation every K steps (or at each epoch's end)."""
+        state, eval_every = self.state, self.section.schedule.eval_every_steps
+        self.engine.train()
+        window, last_reported = Window(self.world), -1
+        while state.step < self.total_steps:
+            self.sampler.set_epoch(state.epoch)
+            for i, batch in enumerate(self.loader):
+                if i < state.micro_in_epoch:
+                    continue  # already trained on before the restart
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                loss = self.engine(**batch).loss
+                self.engine.backward(loss)
+                self.engine.step()
+                state.micro_in_epoch = i + 1
+                window.add(loss, batch)
+                if self.engine.global_steps <= state.step:
+                    continue  # still accumulating gradients
+                state.step = self.engine.global_steps
+                mean_loss = window.mean_loss()
+                if not math.isfinite(mean_loss):
+                    # Every rank sees the same all-reduced value, so every rank stops here together.
+                    self._report_divergence(mean_loss)
+                    return
+                self._log_step(mean_loss, window)
+                if (eval_every and state.step % eval_every == 0) or state.step >= self.total_steps:
+                    self.evaluate_and_report(mean_loss, window)
+                    window, last_reported = Window(self.world), state.step
+                if state.step >= self.total_steps:
+                    return
             state.epoch += 1
             state.micro_in_epoch = 0
             if not eval_every and last_reported != state.step:
-                throughput = {"samples_per_s": samples * world / max(time.time() - window_start, 1e-9),
-                              "tokens_per_s": tokens * world / max(time.time() - window_start, 1e-9)}
-                report(_all_mean(loss_sum / max(loss_count, 1), world), throughput)
-                last_reported = state.step
-                loss_sum, loss_count, samples, tokens, window_start = loss_sum * 0, 0, 0, 0, time.time()
-    if writer:
-        writer.close()
-    if rank == 0:
-        _say(f"done: {state.step} steps in {time.time() - start:.0f}s")
+                self.evaluate_and_report(window.mean_loss(), window)
+                window, last_reported = Window(self.world), state.step
+
+    def _log_step(self, mean_loss: float, window: Window) -> None:
+        step = self.state.step
+        if self.writer:
+            self.writer.scalar("train_loss", mean_loss, step)
+        if self.rank == 0 and (step % self.section.schedule.log_every_steps == 0 or step == 1):
+            elapsed = time.time() - self.started
+            eta = elapsed / max(step, 1) * (self.total_steps - step)
+            # To the driver's console: a progress bar there, or this as one line (console.describe).
+            progress("step", run=_run_name(), step=step, total_steps=self.total_steps, epoch=self.state.epoch,
+                     loss=mean_loss, lr=float(self.engine.get_lr()[0]),
+                     samples_per_s=window.rates()["samples_per_s"], eta_s=eta)
+
+    # --- evaluate and report ----------------------------------------------------------------------
+
+    def evaluate_and_report(self, train_loss: float, window: Window) -> None:
+        report = RoundReport(
+            step=self.state.step, total_steps=self.total_steps, epoch=self.state.epoch,
+            lr=float(self.engine.get_lr()[0]), train_loss=train_loss, trainable_params=self.params[0],
+            total_params=self.params[1], peak_memory_mb=_peak_memory_mb(self.on_gpu),
+            optimizer_state_mb=_optimizer_state_mb(self.engine), resumed_from_step=self.resumed_from,
+            eval=self.evaluate(), **window.rates(),
+        )
+        if self.writer:
+            for k, v in report.to_ray().items():
+                self.writer.scalar(k, v, self.state.step)
+            self.writer.flush()
+        if self.rank == 0:
+            progress("eval", run=_run_name(), step=self.state.step, total_steps=self.total_steps,
+                     metrics=dict(report.eval))
+        self._save_and_report(report, self._probe())
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics over every rank's shard: per-rank counts, all-reduced."""
+        task, labels = self.task, self.labels
+        self.engine.eval()
+        counts = torch.zeros(2 + task.count_size(labels), dtype=torch.float64)  # loss sum, labelled positions, ...
+        bs = self.section.schedule.eval_batch_size
+        for start in range(0, len(self.val_shard), bs):
+            batch = {k: v.to(self.device) for k, v in collate(self.val_shard[start:start + bs],
+                                                              self.tokenizer.pad_token_id).items()}
+            logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            logits, gold = task.align(logits, batch["labels"])
+            flat_gold = gold.reshape(-1)
+            counts[0] += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat_gold,
+                                                           ignore_index=IGNORE, reduction="sum").double().cpu()
+            counts[1] += int((flat_gold != IGNORE).sum())
+            counts[2:] += task.count(logits, gold, labels)
+        self.engine.train()
+        counts = _all_sum(counts)
+        loss_sum, n = float(counts[0]), float(counts[1])
+        scores = task.scores(loss_sum, n, counts[2:], labels)
+        return {"eval_loss": loss_sum / max(n, 1.0), **{f"eval_{k}": v for k, v in scores.items()}}
+
+    @torch.no_grad()
+    def _probe(self) -> Probe:
+        """The live model's outputs on a few validation inputs (all ranks run it: ZeRO-3 gathers)."""
+        self.engine.eval()
+        batch = collate(self.probe_rows, self.tokenizer.pad_token_id)
+        logits = self.engine(input_ids=batch["input_ids"].to(self.device),
+                             attention_mask=batch["attention_mask"].to(self.device)).logits.float().cpu()
+        self.engine.train()
+        return Probe(input_ids=batch["input_ids"].tolist(), attention_mask=batch["attention_mask"].tolist(),
+                     logits=self.task.probe_logits(logits).tolist())
+
+    def _save_and_report(self, report: RoundReport, probe: Probe) -> None:
+        import deepspeed
+        import ray.train
+
+        tmp = Path(tempfile.mkdtemp(prefix="zerotune-ckpt-"))
+        try:
+            self.engine.save_checkpoint(str(tmp / STATE_DIR), tag=DS_TAG)  # every rank writes its own shard
+            if self.rank == 0:
+                (tmp / STATE_DIR / TRAINER_STATE).write_text(self.state.model_dump_json())
+            module = self.engine.module
+            write = partial(write_servable, tmp, model=module, tokenizer=self.tokenizer, train=self.section,
+                            labels=self.labels, step=self.state.step, epoch=self.state.epoch,
+                            metrics=report.to_ray(), params=self.params, probe=probe)
+            if self.section.deepspeed.zero_stage != 3:
+                if self.rank == 0:
+                    write()
+            elif self.section.lora.enabled:
+                # An adapter holds only the trainable parameters (LoRA weights, the task head): gather
+                # just those (as HF Trainer's exclude_frozen_parameters); merge_on_save merges from disk.
+                trainable = [p for p in module.parameters() if p.requires_grad]
+                with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+                    if self.rank == 0:
+                        write()
+            else:
+                # Full weights: gathered one layer at a time onto rank 0 only (every rank takes part).
+                state = self.engine._zero3_consolidated_16bit_state_dict()
+                if self.rank == 0:
+                    write(state_dict=state)
+            ray.train.report(report.to_ray(), checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+                             checkpoint_dir_name=f"checkpoint_{self.state.step:06d}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _report_divergence(self, loss: float) -> None:
+        """Report the divergence with a marker checkpoint (Ray keeps only checkpointed metrics), ranked
+        worst by the spec's metric, so the driver can say what happened instead of retrying."""
+        import ray.train
+
+        train, step = self.section, self.state.step
+        self.diverged = True
+        if self.rank == 0:
+            say(f"loss is {loss} at step {step}; stopping (lr {train.optim.lr:g})")
+        worst = float("-inf") if train.resolved_mode == "max" else float("inf")
+        report = RoundReport(step=step, total_steps=self.total_steps, epoch=self.state.epoch,
+                             lr=float(self.engine.get_lr()[0]), train_loss=loss, trainable_params=self.params[0],
+                             total_params=self.params[1], resumed_from_step=self.resumed_from, diverged=True,
+                             eval={train.resolved_metric: worst} if train.resolved_metric.startswith("eval_") else {})
+        tmp = Path(tempfile.mkdtemp(prefix="zerotune-diverged-"))
+        try:
+            if self.rank == 0:
+                marker = DivergedMarker(step=step, train_loss=str(loss), lr=report.lr)
+                (tmp / DIVERGED).write_text(marker.model_dump_json())
+            ray.train.report(report.to_ray(),
+                             checkpoint=ray.train.Checkpoint.from_directory(str(tmp)) if self.rank == 0 else None,
+                             checkpoint_dir_name=f"checkpoint_{step:06d}_diverged")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # --- finish -----------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        if self.writer:
+            self.writer.close()
+        if self.rank == 0 and not self.diverged:
+            say(f"done: {self.state.step} steps in {time.time() - self.started:.0f}s")
 
 
 def _all_mean(value: torch.Tensor, world: int) -> float:
@@ -212,125 +390,13 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _equal_shard(rows: list[dict], rank: int, world: int, task: str) -> list[dict]:
+def _equal_shard(rows: list[dict], rank: int, world: int, task: Task) -> list[dict]:
     """rows[rank::world], padded to the same length on every rank with rows that count for
     nothing (all labels ignored): under ZeRO-3 every rank must run the same forward passes."""
     shard = rows[rank::world]
     width = math.ceil(len(rows) / world)
-    filler = dict(rows[0])
-    filler["labels"] = IGNORE if task == "sequence-classification" else [IGNORE] * len(rows[0]["input_ids"])
+    filler = {**rows[0], "labels": task.ignored_labels(rows[0])}
     return shard + [filler] * (width - len(shard))
-
-
-@torch.no_grad()
-def _evaluate(*, engine, rows, spec: TrainSection, device, pad_id) -> dict[str, float]:
-    """Validation metrics over every rank's shard: per-rank counts, all-reduced."""
-    task, labels = spec.model.task, spec.model.labels or []
-    engine.eval()
-    n_classes = max(len(labels), 1)
-    confusion = torch.zeros(n_classes, n_classes, dtype=torch.float64)
-    sums = torch.zeros(5, dtype=torch.float64)  # loss_sum, loss_count, tp, predicted, actual
-    bs = spec.schedule.eval_batch_size
-    for start in range(0, len(rows), bs):
-        batch = {k: v.to(device) for k, v in collate(rows[start:start + bs], pad_id).items()}
-        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        gold = batch["labels"]
-        if task == "causal-lm":
-            logits, gold = logits[:, :-1], gold[:, 1:]
-        flat_logits = logits.reshape(-1, logits.shape[-1])
-        flat_gold = gold.reshape(-1)
-        sums[0] += torch.nn.functional.cross_entropy(flat_logits, flat_gold, ignore_index=IGNORE,
-                                                     reduction="sum").double().cpu()
-        sums[1] += int((flat_gold != IGNORE).sum())
-        if task == "sequence-classification":
-            keep = gold != IGNORE
-            pred = logits.argmax(-1)[keep].cpu()
-            confusion += torch.bincount(gold[keep].cpu() * n_classes + pred, minlength=n_classes**2).reshape(
-                n_classes, n_classes).double()
-        elif task == "token-classification":
-            pred = logits.argmax(-1).cpu()
-            for g_row, p_row in zip(gold.cpu(), pred, strict=True):
-                keep = g_row != IGNORE
-                t = [labels[i] for i in g_row[keep].tolist()]
-                p = [labels[i] for i in p_row[keep].tolist()]
-                sums[2:] += torch.tensor(entity_counts(t, p), dtype=torch.float64)
-    engine.train()
-    confusion, sums = _all_sum(confusion), _all_sum(sums)
-    loss = float(sums[0] / sums[1].clamp(min=1))
-    out = {"eval_loss": loss}
-    if task == "sequence-classification":
-        out.update({f"eval_{k}": v for k, v in classification_metrics(confusion).items()})
-    elif task == "token-classification":
-        out.update({f"eval_{k}": v for k, v in entity_metrics(*sums[2:].tolist()).items()})
-    else:
-        out.update({f"eval_{k}": v for k, v in lm_metrics(float(sums[0]), float(sums[1])).items()})
-    return out
-
-
-@torch.no_grad()
-def _probe_outputs(engine, rows, task, device, pad_id) -> dict:
-    """The live model's outputs on a few validation inputs (all ranks run it: ZeRO-3 gathers)."""
-    engine.eval()
-    batch = collate(rows, pad_id)
-    logits = engine(input_ids=batch["input_ids"].to(device),
-                    attention_mask=batch["attention_mask"].to(device)).logits.float().cpu()
-    engine.train()
-    if task == "causal-lm":  # a vocabulary-sized row per position is too big to keep; keep a slice
-        logits = logits[:, :, :64]
-    return {"input_ids": batch["input_ids"].tolist(), "attention_mask": batch["attention_mask"].tolist(),
-            "logits": logits.tolist()}
-
-
-def _save_and_report(engine, spec, tokenizer, labels, state, metrics, params, probe, rank) -> None:
-    import deepspeed
-    import ray.train
-
-    tmp = Path(tempfile.mkdtemp(prefix="zerotune-ckpt-"))
-    try:
-        engine.save_checkpoint(str(tmp / STATE_DIR), tag=DS_TAG)  # every rank writes its own shard
-        if rank == 0:
-            (tmp / STATE_DIR / TRAINER_STATE).write_text(state.model_dump_json())
-        module = engine.module
-        write = partial(write_servable, tmp, model=module, tokenizer=tokenizer, train=spec, labels=labels,
-                        step=state.step, epoch=state.epoch, metrics=metrics, params=params, probe=probe)
-        if spec.deepspeed.zero_stage == 3:
-            # Every rank takes part in gathering the partitioned weights; rank 0 writes them.
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                if rank == 0:
-                    write()
-        elif rank == 0:
-            write()
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-                         checkpoint_dir_name=f"checkpoint_{state.step:06d}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _report_divergence(state: TrainerState, loss: float, spec: TrainSection, rank: int) -> None:
-    """Report the divergence with a marker checkpoint (Ray keeps only checkpointed metrics), ranked
-    worst by the spec's metric, so the driver can say what happened instead of retrying."""
-    import ray.train
-
-    if rank == 0:
-        _say(f"loss is {loss} at step {state.step}; stopping (lr {spec.optim.lr:g})")
-    worst = float("-inf") if spec.resolved_mode == "max" else float("inf")
-    metrics = {"diverged": 1, "step": state.step, "train_loss": loss, spec.resolved_metric: worst}
-    tmp = Path(tempfile.mkdtemp(prefix="zerotune-diverged-"))
-    try:
-        if rank == 0:
-            (tmp / DIVERGED).write_text(json.dumps({k: str(v) for k, v in metrics.items()}))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)) if rank == 0 else None,
-                         checkpoint_dir_name=f"checkpoint_{state.step:06d}_diverged")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _progress(state, total, loss, lr, throughput, start) -> None:
-    elapsed = time.time() - start
-    eta = elapsed / max(state.step, 1) * (total - state.step)
-    _say(f"step {state.step}/{total} ({100 * state.step / total:.0f}%) epoch {state.epoch} "
-         f"loss {loss:.4f} lr {lr:.2e} {throughput['samples_per_s']:.1f} samples/s "
-         f"eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
 
 
 def _optimizer_state_mb(engine) -> float:
@@ -343,32 +409,31 @@ def _optimizer_state_mb(engine) -> float:
     return sum(t.numel() * t.element_size() for t in tensors if t.dim() > 0) / 2**20
 
 
-def _say(message: str) -> None:
-    # Straight to stdout: Ray Train v2 patches print() to both echo and log, doubling each line.
-    sys.stdout.write(f"[zerotune] {message}\n")
-    sys.stdout.flush()
-
-
 def _peak_memory_mb(on_gpu: bool) -> float:
     if on_gpu:
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _tensorboard(path: str | None):
-    if not path:
-        return None
-    from tensorboardX import SummaryWriter
+def _run_name() -> str:
+    import ray.train
 
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return SummaryWriter(path)
+    return ray.train.get_context().get_experiment_name()
 
 
 def _quiet_libraries() -> None:
+    """transformers' and DeepSpeed's log levels in this worker. With `-v` (console.verbose(), from
+    ZEROTUNE_VERBOSE) they keep their own defaults; otherwise only their errors are logged and
+    transformers draws no progress bars. Either way what they print goes to the worker's output,
+    which the driver writes to the run's log file (quiet) or the terminal (-v)."""
     import logging
 
     import transformers
 
+    from .console import verbose
+
+    if verbose():
+        return
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)

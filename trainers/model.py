@@ -6,8 +6,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from .config import LoraSection, ModelSection, Task
+from .config import LoraSection, ModelSection
 from .errors import ModelNotFoundError
+from .tasks import Task, get_task
 
 
 def resolve_package_path(uri: str) -> Path:
@@ -46,14 +47,6 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-_AUTO = {
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "causal-lm": "AutoModelForCausalLM",
-}
-_PEFT_TASK = {"sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS", "causal-lm": "CAUSAL_LM"}
-
-
 def load_tokenizer(path: str, *, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
@@ -73,22 +66,15 @@ def load_base_model(
     """A transformers model with the task's head, from safetensors weights only."""
     import transformers
 
-    auto = getattr(transformers, _AUTO[task])
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    auto = getattr(transformers, task.auto_class)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True,
+                              **task.head_kwargs(labels)}
     if revision:
         kwargs["revision"] = revision
     if attn_implementation != "auto":
         kwargs["attn_implementation"] = attn_implementation
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if task != "causal-lm":
-        assert labels, "classification needs labels"
-        kwargs.update(
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            ignore_mismatched_sizes=True,  # a new head replaces whatever head the checkpoint had
-        )
     try:
         return auto.from_pretrained(path, **kwargs)
     except OSError as err:
@@ -97,15 +83,15 @@ def load_base_model(
 
 def prepare_for_training(model, model_spec: ModelSection, lora: LoraSection):
     """Gradient checkpointing and LoRA adapters (via peft) on a loaded model, as the spec asks."""
-    if model_spec.task == "causal-lm" and model.config.pad_token_id is None:
-        model.config.pad_token_id = model.config.eos_token_id
+    task = get_task(model_spec.task)
+    task.prepare_model(model)
     if model_spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.enabled:
         from peft import LoraConfig, TaskType, get_peft_model
 
         config = LoraConfig(
-            task_type=getattr(TaskType, _PEFT_TASK[model_spec.task]),
+            task_type=getattr(TaskType, task.peft_task_type),
             r=lora.r,
             lora_alpha=lora.resolved_alpha,
             lora_dropout=lora.dropout,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from trainers.config import Section, TrainSection
+from trainers.tasks import get_task
 
 
 class LogUniform(Section):
@@ -132,7 +133,7 @@ class TuneSection(Section):
             return self.mode
         if not self.metric:
             return train.resolved_mode
-        return "min" if "loss" in self.metric or "perplexity" in self.metric else "max"
+        return get_task(train.model.task).mode_of(self.metric)
 
     @model_validator(mode="after")
     def _optuna_samples(self) -> TuneSection:

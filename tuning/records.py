@@ -8,10 +8,14 @@ budget, or a driver that went away), failed, or not started.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from trainers.rounds import RoundReport
 
 Outcome = Literal["completed", "stopped early", "interrupted", "failed", "not started"]
 
@@ -20,21 +24,13 @@ Outcome = Literal["completed", "stopped early", "interrupted", "failed", "not st
 # "stopped" (by the scheduler), "completed" (the trial function returned) or "interrupted".
 ENDED = "zerotune_ended"
 
-# Tune's bookkeeping in every result; the rest is what the training loop reported.
-_TUNE_KEYS = {
-    "training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "iterations_since_restore",
-    "timesteps_total", "episodes_total", "timesteps_since_restore", "timestamp", "date", "pid", "hostname",
-    "node_ip", "trial_id", "experiment_id", "experiment_tag", "done", "should_checkpoint", "checkpoint_dir_name",
-    "checkpoint_path", ENDED,
-}
-
 
 @dataclass(frozen=True)
 class Round:
     step: int | None
     value: float | None  # the sweep's metric; None when missing or not finite
     checkpoint: str | None
-    metrics: dict[str, float] = field(default_factory=dict)
+    report: RoundReport | None = None  # what the training loop reported (None: not a loop's round)
 
 
 @dataclass(frozen=True)
@@ -58,10 +54,7 @@ class TrialRecord:
 
     @property
     def trainable_params(self) -> int | None:
-        for r in reversed(self.rounds):
-            if "trainable_params" in r.metrics:
-                return int(r.metrics["trainable_params"])
-        return None
+        return next((r.report.trainable_params for r in reversed(self.rounds) if r.report), None)
 
 
 def _finite(x: Any) -> float | None:
@@ -72,14 +65,18 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def round_from_row(row: dict[str, Any], metric: str) -> Round:
+def round_from_row(row: dict[str, Any], metric: str, locate: Callable[[str], str] = str) -> Round:
+    """One Tune result row: the loop's RoundReport (Tune's own keys are ignored by the model).
+    `locate` turns Tune's checkpoint path (on the storage filesystem) into a location."""
     step = _finite(row.get("step"))
     ckpt = row.get("checkpoint_path")
-    metrics = {k: float(v) for k, v in row.items()
-               if k not in _TUNE_KEYS and not k.startswith("config/") and isinstance(v, (int, float))
-               and not isinstance(v, bool)}
+    ckpt = locate(ckpt) if isinstance(ckpt, str) and ckpt else None
+    try:
+        report = RoundReport.from_ray(row)
+    except ValidationError:
+        report = None  # a row the loop did not write (e.g. a trial that failed before its first round)
     return Round(step=int(step) if step is not None else None, value=_finite(row.get(metric)),
-                 checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, metrics=metrics)
+                 checkpoint=ckpt, report=report)
 
 
 def outcome_of(last: dict[str, Any], rounds: tuple[Round, ...], failed: bool, max_t: int | None,
@@ -102,10 +99,7 @@ def outcome_of(last: dict[str, Any], rounds: tuple[Round, ...], failed: bool, ma
 def _full_steps(rounds: tuple[Round, ...], longest: int | None) -> int | None:
     """Where training ends: the run's own total_steps when it reports one, else the furthest step
     any trial of the sweep reached (trials share a schedule unless the schedule is searched)."""
-    for r in reversed(rounds):
-        if "total_steps" in r.metrics:
-            return int(r.metrics["total_steps"])
-    return longest
+    return next((r.report.total_steps for r in reversed(rounds) if r.report), longest)
 
 
 def error_message(error: BaseException | None) -> str | None:
@@ -119,7 +113,8 @@ def error_message(error: BaseException | None) -> str | None:
     return lines[-1].strip() if lines else type(error).__name__
 
 
-def records_from_results(results: Iterable, metric: str, max_t: int | None) -> list[TrialRecord]:
+def records_from_results(results: Iterable, metric: str, max_t: int | None,
+                         locate: Callable[[str], str] = str) -> list[TrialRecord]:
     """One record per trial of a Ray Tune ResultGrid, in trial-id order."""
     raw = []
     for result in results:
@@ -127,7 +122,7 @@ def records_from_results(results: Iterable, metric: str, max_t: int | None) -> l
         rows = df.to_dict("records") if df is not None else []
         last = dict(result.metrics or {})
         trial_id = last.get("trial_id") or PurePosixPath(str(result.path)).name.removeprefix("trial_")
-        raw.append((str(trial_id), dict(result.config or {}), tuple(round_from_row(r, metric) for r in rows), last,
+        raw.append((str(trial_id), dict(result.config or {}), tuple(round_from_row(r, metric, locate) for r in rows), last,
                     result.error, sum(_finite(r.get("time_this_iter_s")) or 0.0 for r in rows)))
     longest = max((r.step for _, _, rounds, *_ in raw for r in rounds if r.step is not None), default=None)
     records = [

@@ -8,11 +8,15 @@ The winner is rank 1, so best.json and the first row of trials.csv always agree.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .records import TrialRecord
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainers.config import TrainSection
+from trainers.rounds import RoundReport
+
+from .records import Outcome, TrialRecord
 
 LR, RANK = "optim.lr", "lora.r"
 
@@ -97,29 +101,33 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def best_document(record: TrialRecord, *, sweep: str, metric: str, mode: str,
-                  train_spec: dict[str, Any]) -> dict[str, Any]:
+class SweepWinner(BaseModel):
     """best.json: which trial won, with what values, spec, metrics and checkpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sweep: str
+    metric: str
+    mode: Literal["max", "min"]
+    value: float = Field(description="The winner's best value of `metric`.")
+    trial_id: str
+    config: dict[str, Any] = Field(description="The values the winner sampled, by dotted path into train:.")
+    checkpoint: str = Field(description="The checkpoint of the winner's best round (the one to serve).")
+    step: int | None
+    metrics: RoundReport | None = Field(description="Everything that round reported.")
+    rounds: int
+    status: Outcome
+    train: TrainSection = Field(description="The winner's resolved train: section.")
+
+
+def sweep_winner(record: TrialRecord, *, sweep: str, metric: str, mode: Literal["max", "min"],
+                 train: TrainSection) -> SweepWinner:
     best = record.best_round(mode)
-    assert best is not None, "a winner has a scored round"
-    return {
-        "sweep": sweep,
-        "metric": metric,
-        "mode": mode,
-        "value": best.value,
-        "trial_id": record.trial_id,
-        "config": record.config,
-        "checkpoint": best.checkpoint,
-        "step": best.step,
-        "metrics": best.metrics,
-        "rounds": len(record.rounds),
-        "status": record.outcome,
-        "train": train_spec,
-    }
-
-
-def write_json(doc: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    if best is None or best.value is None or best.checkpoint is None:
+        raise ValueError(f"trial {record.trial_id} has no scored round with a checkpoint to win with")
+    return SweepWinner(sweep=sweep, metric=metric, mode=mode, value=best.value, trial_id=record.trial_id,
+                       config=record.config, checkpoint=best.checkpoint, step=best.step, metrics=best.report,
+                       rounds=len(record.rounds), status=record.outcome, train=train)
 
 
 def _config_label(config: dict[str, Any]) -> str:

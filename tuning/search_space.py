@@ -8,13 +8,16 @@ when the file loads rather than in a trial an hour later.
 
 from __future__ import annotations
 
-import copy
+import itertools
+import math
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trainers.config import TrainSection
-from trainers.errors import did_you_mean
+from trainers.config import TrainSection, with_values
+from trainers.errors import did_you_mean, preview
 
 from .config import Choice, Domain, Grid, LogUniform, QUniform, TuneSection, Uniform
 
@@ -40,39 +43,140 @@ def _leaf_problem(path: str) -> str | None:
     return None
 
 
-def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
-    """Set doc[a][b][c] = value for path 'a.b.c', creating mappings on the way."""
-    *parents, leaf = path.split(".")
-    node = doc
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = value
-
-
 def apply_values(train: TrainSection, values: dict[str, Any]) -> TrainSection:
-    """A new, re-validated TrainSection with each dotted path set to its value."""
-    doc = copy.deepcopy(train.model_dump(mode="json"))
-    for path, value in values.items():
-        set_path(doc, path, plain(value))
-    return TrainSection.model_validate(doc)
+    """A new, re-validated TrainSection with each dotted path set to its (sampled) value."""
+    return with_values(train, {path: plain(value) for path, value in values.items()})
 
 
 def check_search_space(tune: TuneSection, train: TrainSection) -> list[str]:
-    """Every problem with the search space, each naming `tune.search_space.<path>`."""
+    """Every problem with the search space, each naming `tune.search_space.<path>`: a path that is
+    not a field, a domain whose type cannot fit its field (a real number for an integer), a value or
+    range end its field rejects, and combinations that break a cross-field rule."""
     problems = []
     for path, domain in tune.search_space.items():
         where = f"tune.search_space.{path}"
-        why = _leaf_problem(path)
+        why = _leaf_problem(path) or _type_problem(path, domain)
         if why:
             problems.append(f"{where}: {why}")
             continue
-        for value in domain.examples():
-            try:
-                apply_values(train, {path: value})
-            except ValidationError as err:
-                msgs = "; ".join(e["msg"] for e in err.errors())
-                problems.append(f"{where}: value {value!r} is rejected by train.{path}: {msgs}")
+        problems += _value_problems(where, path, domain, train)
+    if not problems and len(tune.search_space) > 1:
+        problems += _combination_problems(tune, train)
     return problems
+
+
+MAX_REPORTED = 3  # rejected values (or combinations) listed per problem; the rest are counted
+MAX_COMBINATIONS = 256  # each one validates the whole train section again (well under 1 ms)
+
+
+def _leaf_annotation(path: str) -> Any:
+    """The annotation of the leaf field `path` names (a valid path: see _leaf_problem)."""
+    model: Any = TrainSection
+    *parents, leaf = path.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[leaf].annotation
+
+
+def _number_kind(ann: Any) -> type | None:
+    """int or float for a numeric field (Optional included), else None (bool, str, Literal, ...)."""
+    args = [a for a in typing.get_args(ann) if a is not type(None)] if _is_union(ann) else [ann]
+    if len(args) == 1 and args[0] in (int, float):
+        return args[0]
+    return None
+
+
+def _is_union(ann: Any) -> bool:
+    return typing.get_origin(ann) in (typing.Union, types.UnionType)
+
+
+def _type_problem(path: str, domain: Domain) -> str | None:
+    """Why a continuous domain cannot produce values of its field's type. Choice and grid values
+    are validated one by one instead, so they need no check here."""
+    if isinstance(domain, (Choice, Grid)):
+        return None
+    kind = _number_kind(_leaf_annotation(path))
+    field = f"train.{path}"
+    if kind is float or (kind is int and isinstance(domain, QUniform) and domain.is_integer):
+        return None
+    if kind is int and isinstance(domain, QUniform):
+        step = domain.low if not float(domain.low).is_integer() else domain.low + domain.q
+        return (f"{field} takes integers, but quniform with q {domain.q:g} samples values such as {step:g}; "
+                "use an integer q with integer low and high, or type: grid/choice")
+    if kind is int:
+        return (f"{field} takes integers, but {domain.type} samples any real number in [{domain.low:g}, "
+                f"{domain.high:g}]; use type: quniform with an integer q (e.g. q: 1), or type: grid/choice")
+    return (f"{field} is not a number, so {domain.type} cannot sample it; list the values to try with "
+            "type: choice or type: grid")
+
+
+def _candidates(domain: Domain) -> list[tuple[str, Any]]:
+    """What to validate for a domain, with a label: each grid/choice value, or a range's two ends
+    (field bounds are intervals, so the ends stand for every value between them)."""
+    if isinstance(domain, (Choice, Grid)):
+        return [("value", v) for v in domain.values]
+    low, high = domain.examples()
+    return [("low", low), ("high", high)]
+
+
+def _rejection(err: ValidationError) -> str:
+    return "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors(include_url=False))
+
+
+def _value_problems(where: str, path: str, domain: Domain, train: TrainSection) -> list[str]:
+    """Each value (or range end) the field rejects, with the base spec's other values."""
+    rejected = []
+    for label, value in _candidates(domain):
+        try:
+            apply_values(train, {path: value})
+        except ValidationError as err:
+            rejected.append(f"{label} {preview(value, 40)} is rejected by train.{path}: {_rejection(err)}")
+    more = f" (and {len(rejected) - MAX_REPORTED} more values)" if len(rejected) > MAX_REPORTED else ""
+    fix = "narrow the range" if isinstance(domain, (Uniform, LogUniform, QUniform)) else "drop or fix the value"
+    return [f"{where}: {r}; {fix}{more}" for r in rejected[:MAX_REPORTED]]
+
+
+def _combination_problems(tune: TuneSection, train: TrainSection) -> list[str]:
+    """Cross-field rules (validation_fraction + test_fraction, zero_stage x offload_optimizer) see
+    one combination at a time, so try every combination of grid/choice values and range ends."""
+    axes = {path: [v for _, v in _candidates(d)] for path, d in tune.search_space.items()}
+    if math.prod(len(v) for v in axes.values()) > MAX_COMBINATIONS:
+        # Too many to try: numeric axes shrink to their min and max, which decide the rules that
+        # are sums and thresholds; if that is still too many, the first MAX_COMBINATIONS are tried.
+        axes = {path: _extremes(values) for path, values in axes.items()}
+    paths = list(axes)
+    failures: dict[tuple[str, str], list[str]] = {}  # (paths, rejection) -> combinations
+    for combo in itertools.islice(itertools.product(*axes.values()), MAX_COMBINATIONS):
+        values = dict(zip(paths, combo, strict=True))
+        try:
+            apply_values(train, values)
+        except ValidationError as err:
+            for e in err.errors(include_url=False):  # one rule each, with the paths it reads
+                involved = _involved(paths, e["loc"])
+                where = ", ".join(f"tune.search_space.{p}" for p in involved)
+                shown = ", ".join(f"{p}={preview(values[p], 30)}" for p in involved)
+                seen = failures.setdefault((where, e["msg"].removeprefix("Value error, ")), [])
+                if shown not in seen:
+                    seen.append(shown)
+    problems = []
+    for (where, why), combos in failures.items():
+        more = f" (and {len(combos) - MAX_REPORTED} more)" if len(combos) > MAX_REPORTED else ""
+        problems.append(f"{where}: the combination {'; '.join(combos[:MAX_REPORTED])}{more} is rejected: {why}; "
+                        "every combination of grid/choice values and range ends must be valid, so narrow the values")
+    return problems
+
+
+def _extremes(values: list[Any]) -> list[Any]:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) == len(values) and len(values) > 2:
+        return [min(numbers), max(numbers)]
+    return values
+
+
+def _involved(paths: list[str], loc: tuple[Any, ...]) -> list[str]:
+    """The searched paths under the section an error sits in (all of them for a train-level rule)."""
+    pre = ".".join(str(p) for p in loc)
+    return [p for p in paths if not pre or p == pre or p.startswith(pre + ".")] or paths
 
 
 def to_tune(domain: Domain) -> Any:

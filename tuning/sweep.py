@@ -14,25 +14,25 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainers.checkpoint import read_spec
+from trainers.checkpoint import read_train
 from trainers.config import TrainSection
+from trainers.console import say, verbose
 from trainers.errors import CheckpointError, UserError
 from trainers.launch import resolve_storage
+from trainers.storage import Location
+from trainers.tasks import get_task
 
-from . import storage
 from .concurrency import plan_concurrency
 from .config import Grid, TuneSection
-from .metric_names import check_metric
 from .progress import SweepProgress
 from .records import TrialRecord, records_from_results
-from .report import best_document, winner, write_json, write_report
+from .report import SweepWinner, sweep_winner, winner, write_report
 from .search_space import apply_values, param_space
 from .trial import TRIAL_DRIVER_RESOURCES, run_trial, trial_dirname
 
@@ -55,19 +55,9 @@ class SweepExistsError(UserError):
 @dataclass(frozen=True)
 class SweepResult:
     path: str  # <storage>/<name>
-    metric: str
-    mode: str
-    best: dict[str, Any]  # the content of best.json
+    best: SweepWinner  # the content of best.json
     trials: list[dict[str, Any]]  # the rows of trials.csv, best first
     files: dict[str, str]  # report file name -> its path
-
-    @property
-    def best_checkpoint(self) -> str:
-        return self.best["checkpoint"]
-
-    @property
-    def best_value(self) -> float:
-        return self.best["value"]
 
 
 def run_sweep(tune: TuneSection, train: TrainSection, *, storage_path: str, name: str,
@@ -78,72 +68,90 @@ def run_sweep(tune: TuneSection, train: TrainSection, *, storage_path: str, name
     continue from their latest checkpoint, and the ones not started yet run.
     """
     import ray
-    from ray import tune as rt
 
     metric, mode = tune.resolved_metric(train), tune.resolved_mode(train)
-    check_metric(metric, train.model.task, "tune.metric" if tune.metric else "train.metric")
+    problem = get_task(train.model.task).metric_problem(metric)
+    if problem:  # the spec's load-time check makes this rare: a spec built in code skips it
+        raise UserError(f"{'tune.metric' if tune.metric else 'train.metric'}: {problem}")
     if tune.search_alg == "optuna":
         _require_optuna()
     root = resolve_storage(storage_path)
-    exp = storage.join(root, name)
-    runs = storage.join(exp, "runs")
+    exp = root.join(name)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     concurrency, note = plan_concurrency(train.scaling, tune.max_concurrent_trials, ray.cluster_resources(), nodes)
-    max_t = tune.scheduler.max_t
+    tuner = _tuner(tune, train, root=root, name=name, resume=resume, concurrency=concurrency)
+    say(_plan_line(tune, train, metric, mode, concurrency, name) + (f" ({note})" if note else ""))
+    # Tune reports checkpoint paths on the storage filesystem (no scheme): locate them under root.
+    records = records_from_results(tuner.fit(), metric, tune.scheduler.max_t, locate=lambda p: str(root.at(p)))
+    return _publish(records, tune, train, exp=exp, name=name)
 
+
+def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str, resume: bool, concurrency: int):
+    """A new Ray Tune Tuner for the sweep, or the interrupted one restored (resume)."""
+    from ray import tune as rt
+
+    exp = root.join(name)
+    metric, mode = tune.resolved_metric(train), tune.resolved_mode(train)
     trainable = rt.with_resources(
-        rt.with_parameters(run_trial, train_json=train.model_dump(mode="json"), runs_path=runs),
+        rt.with_parameters(run_trial, train_json=train.model_dump(mode="json"), runs_path=str(exp.join("runs"))),
         TRIAL_DRIVER_RESOURCES,
     )
     snapshot = {"tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}
-    if rt.Tuner.can_restore(exp):
+    if rt.Tuner.can_restore(str(exp)):
         if not resume:
             raise SweepExistsError(f"a sweep named {name!r} already exists at {exp}. Resume it with --resume, "
                                    "or pick another name (or remove that directory) to start over.")
-        _check_same_spec(storage.read_text(storage.join(exp, SPEC_FILE)), snapshot, exp)
-        _say(f"resuming sweep {name} at {exp}: finished trials are kept, unfinished ones continue")
-        tuner = rt.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                 restart_errored=False)
-    else:
-        if resume:
-            _say(f"nothing to resume at {exp}; starting sweep {name}")
-        storage.write_bytes(storage.join(exp, SPEC_FILE), json.dumps(snapshot, indent=2).encode())
-        tuner = rt.Tuner(
-            trainable,
-            param_space=param_space(tune),
-            tune_config=rt.TuneConfig(
-                metric=metric, mode=mode, num_samples=tune.num_samples, scheduler=_scheduler(tune),
-                search_alg=_search_alg(tune), max_concurrent_trials=concurrency,
-                time_budget_s=tune.time_budget_s, reuse_actors=False, trial_name_creator=trial_dirname,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=rt.RunConfig(
-                name=name, storage_path=root, verbose=0,
-                # Train already retries worker failures from checkpoints inside a trial; a trial
-                # that still fails (bad data, a diverged loss) would fail the same way again.
-                failure_config=rt.FailureConfig(max_failures=0),
-                callbacks=[SweepProgress(metric, mode)],
-            ),
-        )
-    _say(_plan_line(tune, train, metric, mode, concurrency, name) + (f" ({note})" if note else ""))
-    grid = tuner.fit()
+        _check_same_spec(exp.join(SPEC_FILE).read_text_or_none(), snapshot, str(exp))
+        say(f"resuming sweep {name} at {exp}: finished trials are kept, unfinished ones continue")
+        return rt.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                restart_errored=False)
+    if resume:
+        say(f"nothing to resume at {exp}; starting sweep {name}")
+    exp.join(SPEC_FILE).write_text(json.dumps(snapshot, indent=2))
+    return rt.Tuner(
+        trainable,
+        param_space=param_space(tune),
+        tune_config=rt.TuneConfig(
+            metric=metric, mode=mode, num_samples=tune.num_samples, scheduler=_scheduler(tune),
+            search_alg=_search_alg(tune), max_concurrent_trials=concurrency,
+            time_budget_s=tune.time_budget_s, reuse_actors=False, trial_name_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=rt.RunConfig(
+            # Tune's own reporter only with -v; zerotune's live view (SweepProgress) either way.
+            name=name, storage_path=root, verbose=1 if verbose() else 0,
+            # Train already retries worker failures from checkpoints inside a trial; a trial
+            # that still fails (bad data, a diverged loss) would fail the same way again.
+            failure_config=rt.FailureConfig(max_failures=0),
+            callbacks=[SweepProgress(metric, mode)],
+        ),
+    )
 
-    records = records_from_results(grid, metric, max_t)
+
+def _publish(records: list[TrialRecord], tune: TuneSection, train: TrainSection, *, exp: Location,
+             name: str) -> SweepResult:
+    """The trials report and best.json, written beside the sweep; raises when nothing won."""
+    metric, mode = tune.resolved_metric(train), tune.resolved_mode(train)
     best = winner(records, mode)
-    paths = list(tune.search_space)
     with tempfile.TemporaryDirectory(prefix="zerotune-sweep-") as tmp:
         out = Path(tmp)
-        rows = write_report(records, out, sweep=name, metric=metric, mode=mode, paths=paths)
+        rows = write_report(records, out, sweep=name, metric=metric, mode=mode, paths=list(tune.search_space))
         doc = None
         if best is not None:
-            doc = best_document(best, sweep=name, metric=metric, mode=mode, train_spec=_trained_spec(best, train, mode))
-            write_json(doc, out / BEST_FILE)
-        files = storage.publish(out, exp)
+            doc = sweep_winner(best, sweep=name, metric=metric, mode=mode, train=_trained_spec(best, train, mode))
+            (out / BEST_FILE).write_text(doc.model_dump_json(indent=2) + "\n")
+        files = {rel: str(loc) for rel, loc in exp.upload(out).items()}
     if doc is None:
-        raise SweepFailedError(_why_no_winner(records, metric, files.get("trials.md", exp)))
-    _say(f"winner: trial {best.trial_id} with {metric} {doc['value']:.4f} ({_values(best.config)}); "
-         f"checkpoint {doc['checkpoint']}; report {files['trials.md']}")
-    return SweepResult(path=exp, metric=metric, mode=mode, best=doc, trials=rows, files=files)
+        raise SweepFailedError(_why_no_winner(records, metric, files.get("trials.md", str(exp))))
+    say(f"winner: trial {best.trial_id} with {metric} {doc.value:.4f} ({_values(best.config)}); "
+        f"checkpoint {doc.checkpoint}; report {files['trials.md']}")
+    return SweepResult(path=str(exp), best=doc, trials=rows, files=files)
+
+
+def read_winner(path: str | Location) -> SweepWinner | None:
+    """best.json of the sweep at `path` (<storage>/<name>), or None when there is none."""
+    text = Location.parse(path).join(BEST_FILE).read_text_or_none()
+    return SweepWinner.model_validate_json(text) if text is not None else None
 
 
 def _scheduler(tune: TuneSection):
@@ -213,15 +221,15 @@ def _diff(a: Any, b: Any, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
 
 
-def _trained_spec(record: TrialRecord, train: TrainSection, mode: str) -> dict[str, Any]:
+def _trained_spec(record: TrialRecord, train: TrainSection, mode: str) -> TrainSection:
     """The winner's resolved spec: as its checkpoint recorded it, else rebuilt from its values."""
     ckpt = record.best_round(mode).checkpoint
-    if ckpt and "://" not in ckpt:
+    if ckpt:
         try:
-            return read_spec(ckpt).model_dump(mode="json")
+            return read_train(ckpt)
         except (OSError, CheckpointError):
             pass
-    return apply_values(train, record.config).model_dump(mode="json")
+    return apply_values(train, record.config)
 
 
 def _why_no_winner(records: list[TrialRecord], metric: str, report: str) -> str:
@@ -241,8 +249,3 @@ def _why_no_winner(records: list[TrialRecord], metric: str, report: str) -> str:
 
 def _values(config: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.items()) or "base spec"
-
-
-def _say(message: str) -> None:
-    sys.stdout.write(f"[zerotune] {message}\n")
-    sys.stdout.flush()

@@ -6,7 +6,6 @@ subsample, then checks the run directory and that the served answers are the che
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -46,30 +45,40 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
                   "TF-IDF + logistic regression", "zerotune (served)"):
         assert stage in out, stage
 
+    from cluster.pipeline import RunSummary
+    from tuning.report import SweepWinner
+
     run_dir = storage / "quickstart"
-    best = json.loads((run_dir / "best.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    best = SweepWinner.model_validate_json((run_dir / "best.json").read_text())
+    summary = RunSummary.model_validate_json((run_dir / "summary.json").read_text())
     for name in ("trials.csv", "trials.md", "trials.png"):
         assert (run_dir / name).is_file(), name
-    assert summary["checkpoint"] == best["checkpoint"]
-    assert summary["test_rows"] == 96
-    assert 0.0 <= summary["test_metrics"]["accuracy"] <= 1.0
-    assert 0.0 <= summary["baseline_metrics"]["macro_f1"] <= 1.0
+    assert summary.checkpoint == best.checkpoint
+    assert summary.test_rows == 96
 
     # The served answers are the checkpoint's own: score the same test rows in-process.
     import torch
 
-    from trainers.baseline import score
+    from trainers.baseline import held_out, score, tfidf_baseline
     from trainers.checkpoint import load_for_inference
     from trainers.data import load_splits
+    from trainers.tasks import get_task
 
-    model, tokenizer, spec = load_for_inference(best["checkpoint"])
-    rows = load_splits(spec.data, spec.model.task, spec.model.labels).test
+    loaded = load_for_inference(best.checkpoint)
+    model, tokenizer, spec = loaded.model, loaded.tokenizer, loaded.train
+    splits = load_splits(spec.data, get_task(spec.model.task), spec.model.labels)
+    rows = splits.test
     labels = spec.model.labels
+    # The baseline beside it is TF-IDF on these very splits, and the model learned something:
+    # it beats always answering the most frequent label.
+    assert summary.baseline_metrics == pytest.approx(tfidf_baseline(spec, splits))
+    gold_ids = held_out(spec, splits).gold
+    majority = max(set(gold_ids), key=gold_ids.count)
+    assert summary.test_metrics["macro_f1"] > score(gold_ids, [majority] * len(gold_ids), len(labels))["macro_f1"]
     with torch.no_grad():
         enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True,
                         max_length=spec.data.max_length, return_tensors="pt")
         predicted = model(**enc).logits.argmax(-1).tolist()
     gold = [labels.index(r["sentiment"]) for r in rows]
     direct = score(gold, predicted, len(labels))
-    assert direct["accuracy"] == pytest.approx(summary["test_metrics"]["accuracy"], abs=2 / len(rows))
+    assert direct["accuracy"] == pytest.approx(summary.test_metrics["accuracy"], abs=2 / len(rows))

@@ -238,7 +238,7 @@ def _wait(predicate, timeout_s: float, what: str):
 
 def run_driver(report_path: Path) -> None:
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from cluster.loader import validate_doc
@@ -262,7 +262,9 @@ def run_driver(report_path: Path) -> None:
         head_node = ray.get_runtime_context().get_node_id()
         # Two trials, each reserving what a one-worker GPU trial reserves: {CPU: 1, GPU: 1}.
         pgs = [placement_group([{"CPU": 1, "GPU": 1}]) for _ in range(2)]
-        time.sleep(0.5)  # long enough for the demand to register, far shorter than a node start
+        # The observed event: GCS holds both as PENDING (the demand the autoscaler acts on).
+        _wait(lambda: all(placement_group_table(pg)["state"] == "PENDING" for pg in pgs), 30,
+              "both placement groups to be pending in GCS")
         while_waiting = {"alive_nodes": len(alive()), "ready": [pg.wait(0) for pg in pgs]}
 
         for pg in pgs:

@@ -27,7 +27,8 @@ from tests.tiny import (
     write_jsonl,
 )
 from trainers.checkpoint import MODEL_DIR, load_for_inference, read_manifest, read_probe
-from trainers.config import TrainSection
+from trainers.config import TrainSection, with_values
+from trainers.tasks import get_task
 
 pytestmark = pytest.mark.integration
 
@@ -91,19 +92,20 @@ def _reload_matches_probe(ckpt: str, task: str) -> None:
     else:
         model = auto.from_pretrained(str(Path(ckpt) / MODEL_DIR)).eval()
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor(probe["input_ids"]),
-                       attention_mask=torch.tensor(probe["attention_mask"])).logits.float()
+        logits = model(input_ids=torch.tensor(probe.input_ids),
+                       attention_mask=torch.tensor(probe.attention_mask)).logits.float()
     if task == "causal-lm":
         logits = logits[:, :, :64]
-    expected = torch.tensor(probe["logits"])
+    expected = torch.tensor(probe.logits)
     # token-level outputs: compare real tokens only (padding positions are free to differ)
-    mask = torch.tensor(probe["attention_mask"]).bool() if expected.dim() == 3 else torch.ones(len(expected), dtype=torch.bool)
+    mask = torch.tensor(probe.attention_mask).bool() if expected.dim() == 3 else torch.ones(len(expected), dtype=torch.bool)
     assert torch.allclose(logits[mask], expected[mask], atol=1e-4, rtol=1e-4), (logits[mask] - expected[mask]).abs().max()
     # The one reader the server uses agrees too (adapters merged into their base).
-    merged, tokenizer, spec = load_for_inference(ckpt)
+    loaded = load_for_inference(ckpt)
+    merged, spec = loaded.model, loaded.train
     with torch.no_grad():
-        again = merged(input_ids=torch.tensor(probe["input_ids"]),
-                       attention_mask=torch.tensor(probe["attention_mask"])).logits.float()
+        again = merged(input_ids=torch.tensor(probe.input_ids),
+                       attention_mask=torch.tensor(probe.attention_mask)).logits.float()
     if task == "causal-lm":
         again = again[:, :, :64]
     assert torch.allclose(again[mask], expected[mask], atol=1e-4, rtol=1e-4)
@@ -127,8 +129,9 @@ def test_task_learns_and_checkpoint_reloads(ray_cluster, tmp_path, task, lora, z
     if lora and task == "causal-lm":  # LoRA adapts a base that can already copy other words
         pretrain_copy_lm(Path(spec.model.name_or_path))
     result = _fit(spec, tmp_path)
-    m = result.metrics
-    assert m["step"] == m["total_steps"] == steps
+    r = result.final
+    m = r.eval
+    assert r.step == r.total_steps == steps
     if task == "sequence-classification":
         assert m["eval_accuracy"] > 0.9, m
         assert m["eval_macro_f1"] > 0.9, m
@@ -137,8 +140,9 @@ def test_task_learns_and_checkpoint_reloads(ray_cluster, tmp_path, task, lora, z
     else:
         assert m["eval_loss"] < 0.75 * math.log(len(VOCAB)), m  # from ~ln(V) at random init
         assert m["eval_perplexity"] == pytest.approx(math.exp(m["eval_loss"]), rel=1e-6)
-    assert m["samples_per_s"] > 0 and m["tokens_per_s"] > 0 and m["peak_memory_mb"] > 0
-    trainable, total = m["trainable_params"], m["total_params"]
+    assert set(m) == set(get_task(task).reported_metrics()) - {"train_loss"}  # the task's names, as data
+    assert r.samples_per_s > 0 and r.tokens_per_s > 0 and r.peak_memory_mb > 0
+    trainable, total = r.trainable_params, r.total_params
     assert (trainable < total) if lora else (trainable == total)
 
     ckpt = result.latest_checkpoint
@@ -164,12 +168,11 @@ def test_merge_on_save_writes_full_weights(ray_cluster, tmp_path):
 
 def test_rerun_with_same_name_resumes(ray_cluster, tmp_path):
     spec = _spec(tmp_path, "sequence-classification", steps=40)
-    first = _fit(spec.model_copy(update={"schedule": spec.schedule.model_copy(update={"max_steps": 20})}),
-                 tmp_path, name="resumable")
-    assert first.metrics["step"] == 20
+    first = _fit(with_values(spec, {"schedule.max_steps": 20}), tmp_path, name="resumable")
+    assert first.final.step == 20
     second = _fit(spec, tmp_path, name="resumable")
-    assert second.metrics["resumed_from_step"] == 20
-    assert second.metrics["step"] == 40
+    assert second.final.resumed_from_step == 20
+    assert second.final.step == 40
 
 
 def test_worker_killed_mid_run_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
@@ -207,10 +210,9 @@ def test_worker_killed_mid_run_resumes_from_latest_checkpoint(ray_cluster, tmp_p
     result = _fit(spec, tmp_path, name="killed")
     killer.join(timeout=5)
     assert killed.get("pid"), "no training worker was found to kill"
-    m = result.metrics
-    assert m["step"] == 400
+    assert result.final.step == 400
     # It continued from a checkpoint (not from scratch), at least the one registered at the kill.
-    resumed = m["resumed_from_step"]
+    resumed = result.final.resumed_from_step
     assert resumed % 50 == 0 and resumed >= killed["registered"] > 0, (resumed, killed)
 
 

@@ -23,6 +23,7 @@ from tests.tiny import make_model, sentiment_rows, write_csv
 from trainers.checkpoint import MODEL_DIR, read_manifest
 from trainers.config import TrainSection
 from tuning.config import TuneSection
+from tuning.report import SweepWinner
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,7 @@ def test_asha_sweep_names_a_winner_and_ranks_an_absurd_lr_last(ray_cluster, tiny
     exp = Path(result.path)
     rows = _read_csv(result.files["trials.csv"])
     metric = "eval_macro_f1"
-    assert result.metric == metric and result.mode == "max"
+    assert result.best.metric == metric and result.best.mode == "max"
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
 
     # ASHA stopped at least one trial before its training ended; finished ones ran every round.
@@ -81,25 +82,25 @@ def test_asha_sweep_names_a_winner_and_ranks_an_absurd_lr_last(ray_cluster, tiny
     assert all(int(r["rounds"]) == 5 for r in rows if r["status"] == "completed")
 
     # best.json is the table's first row, and its checkpoint is that trial's best round.
-    best = json.loads((exp / "best.json").read_text())
+    best = SweepWinner.model_validate_json((exp / "best.json").read_text())
     assert best == result.best
     top = rows[0]
-    assert best["trial_id"] == top["trial_id"]
-    assert best["value"] == pytest.approx(float(top[f"best_{metric}"]))
-    assert best["value"] == pytest.approx(max(float(r[f"best_{metric}"]) for r in rows if r[f"best_{metric}"]))
-    assert best["value"] > 0.7, rows  # the task is learnable; the winner learned it
-    assert best["metrics"][metric] == pytest.approx(best["value"])
-    assert best["checkpoint"] == top["checkpoint"]
-    ckpt = Path(best["checkpoint"])
-    assert ckpt.parent == exp / "runs" / f"trial_{best['trial_id']}"
+    assert best.trial_id == top["trial_id"]
+    assert best.value == pytest.approx(float(top[f"best_{metric}"]))
+    assert best.value == pytest.approx(max(float(r[f"best_{metric}"]) for r in rows if r[f"best_{metric}"]))
+    assert best.value > 0.7, rows  # the task is learnable; the winner learned it
+    assert best.metrics.value(metric) == pytest.approx(best.value)
+    assert best.checkpoint == top["checkpoint"]
+    ckpt = Path(best.checkpoint)
+    assert ckpt.parent == exp / "runs" / f"trial_{best.trial_id}"
 
     # The winner's LoRA rank is the one its checkpoint holds.
-    rank = best["train"]["lora"]["r"]
-    assert rank == best["config"]["lora.r"] == int(float(top["lora.r"]))
+    rank = best.train.lora.r
+    assert rank == best.config["lora.r"] == int(float(top["lora.r"]))
     adapter = json.loads((ckpt / MODEL_DIR / "adapter_config.json").read_text())
     assert adapter["r"] == rank
     assert read_manifest(ckpt).lora_r == rank
-    assert read_manifest(ckpt).metrics[metric] == pytest.approx(best["value"])
+    assert read_manifest(ckpt).metrics[metric] == pytest.approx(best.value)
 
     # Every trial reports its trainable parameters, and they grow with the LoRA rank.
     params = {int(float(r["lora.r"])): int(r["trainable_params"]) for r in rows}
@@ -122,6 +123,7 @@ from cluster.config import ClusterSection
 from cluster.connect import connect
 from trainers.config import TrainSection
 from tuning.config import TuneSection
+from tuning.report import SweepWinner
 from tuning.sweep import run_sweep
 
 doc = json.loads(open(sys.argv[1]).read())

@@ -50,8 +50,13 @@ def test_build_app_binds_the_absolute_checkpoint(checkpoint, monkeypatch):
     from ray.serve import Application
 
     monkeypatch.chdir(checkpoint.parent)
-    app = build_app({"checkpoint": checkpoint.name, "serve": {"max_batch_size": 4}})
+    app = build_app({"checkpoint": checkpoint.name, "serve": {"max_batch_size": 4, "max_replicas": 3}})
     assert isinstance(app, Application)
+    deployment = app._bound_deployment  # no public getter for what an Application was bound with
+    path, serve_json = deployment.init_args
+    assert path == str(checkpoint.resolve())  # replicas run in another working directory
+    assert ServeSection.model_validate(serve_json).max_batch_size == 4
+    assert deployment._deployment_config.autoscaling_config.max_replicas == 3
 
 
 @pytest.mark.parametrize(
@@ -99,5 +104,5 @@ def test_serve_config_checks_the_checkpoint(tmp_path):
 
 def test_base_url():
     assert base_url(ServeSection(port=9000)) == "http://127.0.0.1:9000"
-    assert base_url(ServeSection(host="0.0.0.0", port=9000, route_prefix="/m/")) == "http://127.0.0.1:9000/m"
+    assert base_url(ServeSection(host="0.0.0.0", port=9000, route_prefix="/m")) == "http://127.0.0.1:9000/m"
     assert base_url(ServeSection(host="::1", port=9000)) == "http://[::1]:9000"

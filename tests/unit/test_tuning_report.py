@@ -7,18 +7,27 @@ import math
 
 import pytest
 
+from trainers.config import TrainSection
+from trainers.rounds import RoundReport
 from tuning.records import ENDED, Round, TrialRecord, _full_steps, error_message, outcome_of, round_from_row
-from tuning.report import best_document, markdown, rank, table_rows, winner, write_report
+from tuning.report import SweepWinner, markdown, rank, sweep_winner, table_rows, winner, write_report
 
 METRIC = "eval_macro_f1"
 PATHS = ["optim.lr", "lora.r"]
+TRAIN = TrainSection.model_validate({"model": {"name_or_path": "m", "task": "sequence-classification"},
+                                     "data": {"train": "t.csv"}, "lora": {"enabled": True, "r": 8}})
+
+
+def _report(step: int, value: float | None, params: int, total_steps: int = 50) -> RoundReport:
+    return RoundReport(step=step, total_steps=total_steps, epoch=0, lr=1e-3, train_loss=0.5, trainable_params=params,
+                       total_params=1000, eval={METRIC: value if value is not None else float("nan")})
 
 
 def _trial(tid: str, lr: float, r: int, values: list[float | None], outcome="completed", error=None,
            params=None) -> TrialRecord:
     rounds = tuple(
         Round(step=10 * (i + 1), value=v, checkpoint=f"/runs/trial_{tid}/checkpoint_{10 * (i + 1):06d}",
-              metrics={METRIC: v if v is not None else float("nan"), "trainable_params": params or 100 * r})
+              report=_report(10 * (i + 1), v, params or 100 * r))
         for i, v in enumerate(values))
     return TrialRecord(trial_id=tid, config={"optim.lr": lr, "lora.r": r}, rounds=rounds, outcome=outcome,
                        wall_s=12.34, error=error)
@@ -66,11 +75,13 @@ def test_table_rows_carry_best_final_rounds_params_and_status():
 
 def test_best_document_matches_the_first_row():
     best = winner(RECORDS, "max")
-    doc = best_document(best, sweep="s", metric=METRIC, mode="max", train_spec={"lora": {"r": 8}})
+    doc = sweep_winner(best, sweep="s", metric=METRIC, mode="max", train=TRAIN)
     row = table_rows(RECORDS, METRIC, "max", PATHS)[0]
-    assert doc["trial_id"] == row["trial_id"] and doc["value"] == row[f"best_{METRIC}"]
-    assert doc["checkpoint"] == row["checkpoint"] and doc["config"] == {"optim.lr": 1e-2, "lora.r": 8}
-    assert doc["metrics"][METRIC] == 0.9 and doc["step"] == 20
+    assert doc.trial_id == row["trial_id"] and doc.value == row[f"best_{METRIC}"]
+    assert doc.checkpoint == row["checkpoint"] and doc.config == {"optim.lr": 1e-2, "lora.r": 8}
+    assert doc.metrics.value(METRIC) == 0.9 and doc.step == 20
+    # best.json reads back into the same typed object
+    assert SweepWinner.model_validate_json(doc.model_dump_json()) == doc
 
 
 def test_markdown_is_readable():
@@ -101,12 +112,15 @@ def test_write_report_writes_csv_md_and_pngs(tmp_path):
 
 
 def test_rounds_from_tune_rows_keep_loop_metrics_only():
-    row = {"eval_macro_f1": float("-inf"), "step": 30, "trainable_params": 578, "checkpoint_path": "/c",
-           "training_iteration": 3, "time_this_iter_s": 2.0, "trial_id": "t", "config/lora.r": 2, "done": False}
+    loop = _report(30, float("-inf"), 578).to_ray()
+    row = {**loop, "checkpoint_path": "/c", "training_iteration": 3, "time_this_iter_s": 2.0, "trial_id": "t",
+           "config/lora.r": 2, "done": False, ENDED: "stopped"}
     r = round_from_row(row, METRIC)
     assert r.value is None and r.step == 30 and r.checkpoint == "/c"  # -inf (diverged) is not a score
-    assert set(r.metrics) == {"eval_macro_f1", "step", "trainable_params"}
-    assert math.isinf(r.metrics["eval_macro_f1"])
+    assert r.report is not None and r.report.trainable_params == 578
+    assert set(r.report.eval) == {"eval_macro_f1"}  # Tune's own keys are not the loop's metrics
+    assert math.isinf(r.report.eval["eval_macro_f1"])
+    assert round_from_row({"training_iteration": 1, "trial_id": "t"}, METRIC).report is None
 
 
 def test_outcome_tells_scheduler_stops_from_finished_runs():
@@ -124,7 +138,8 @@ def test_outcome_tells_scheduler_stops_from_finished_runs():
 
 def test_a_trial_with_a_shorter_searched_schedule_that_ran_to_its_end_completed():
     # Its own total_steps (20) wins over the furthest step any trial reached (50).
-    rounds = tuple(Round(step=s, value=0.5, checkpoint=None, metrics={"total_steps": 20.0}) for s in (10, 20))
+    rounds = tuple(Round(step=s, value=0.5, checkpoint=None, report=_report(s, 0.5, 10, total_steps=20))
+                   for s in (10, 20))
     assert _full_steps(rounds, 50) == 20
     assert outcome_of({ENDED: "stopped"}, rounds, False, None, _full_steps(rounds, 50)) == "completed"
     assert _full_steps((), 50) == 50  # no rounds report it: fall back to the sweep's longest
