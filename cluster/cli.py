@@ -16,6 +16,7 @@ import yaml
 
 from trainers.console import say, show
 
+from .config import ray_runtime_env
 from .errors import UserError
 from .loader import load_spec
 from .spec import ExperimentSpec
@@ -59,11 +60,12 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from trainers.launch import fit
+    from trainers.launch import fit, resolve_storage
 
     from .connect import connect
 
     spec = load_spec(args.file, args.overrides)
+    resolve_storage(spec.cluster.storage_path)  # a wrong path, bucket or credential fails before Ray starts
     say(str(connect(spec.cluster)))
     result = fit(spec.train, storage_path=spec.cluster.storage_path, name=spec.name)
     metric = spec.train.resolved_metric
@@ -73,8 +75,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
          f"  run directory:    {result.run_dir}\n"
          f"  best checkpoint:  {result.best_checkpoint} ({metric} {best if best is not None else float('nan'):.4f})\n"
          f"  latest:           {result.latest_checkpoint}\n"
-         f"  final metrics:    { {k: round(v, 4) for k, v in final.items()} }")
+         f"  final metrics:    { {k: round(v, 4) for k, v in final.items()} }\n"
+         f"  tensorboard:      tensorboard --logdir {_tensorboard_dir(result.run_dir)}")
     return 0
+
+
+def _tensorboard_dir(run_dir: str) -> str:
+    from trainers.storage import Location
+
+    return str(Location.parse(run_dir).join("tensorboard"))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -87,7 +96,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     spec = load_spec(args.file, args.overrides)
     checkpoint = args.checkpoint or best_checkpoint(spec)
     if args.emit_config:
-        Path(args.emit_config).write_text(yaml.safe_dump(serve_config(checkpoint, spec.serving), sort_keys=False))
+        config = serve_config(checkpoint, spec.serving)
+        env = ray_runtime_env(spec.cluster.runtime_env)  # what every replica needs, as for the jobs
+        if env:
+            config["applications"][0]["runtime_env"] = env
+        Path(args.emit_config).write_text(yaml.safe_dump(config, sort_keys=False))
         say(f"wrote a Serve config for `serve deploy {args.emit_config}`")
         return 0
     task = read_manifest(checkpoint).task
@@ -173,10 +186,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if spec.tune is None:
         raise UserError(f"{args.file} has no tune: section; add one (see examples/quickstart.yaml) or use "
                         "`zerotune train`")
+    from trainers.launch import resolve_storage
+
+    resolve_storage(spec.cluster.storage_path)  # a wrong path, bucket or credential fails before Ray starts
     connect(spec.cluster)
     result = run_sweep(spec.tune, spec.train, storage_path=spec.cluster.storage_path, name=spec.name,
                        resume=args.resume)
-    say(f"best.json and the trial report are in {result.path}")
+    from .report_html import serve_command, write_sweep_report
+
+    report = write_sweep_report(spec, result)
+    say(f"report: {report} (winner, trials, plots); best.json and trials.csv beside it")
+    from trainers.storage import Location
+
+    say(f"tensorboard: tensorboard --logdir {Location.parse(result.path).join('runs')}")
+    say(f"serve the winner: {serve_command(spec, result.best.checkpoint)}")
     return 0
 
 

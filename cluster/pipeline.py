@@ -133,6 +133,17 @@ def format_summary(s: RunSummary) -> str:
                   f"{s.baseline_metrics['macro_f1']:>10.4f}"]
     if s.url:
         lines += [f"endpoint:      {s.url}   (OpenAPI: {s.url}/docs)", f"try:           {s.example}"]
-    lines += [f"run directory: {s.run_dir}",
+    lines += [f"run directory: {s.run_dir}"]
+    if s.report:
+        lines += [f"report:        {s.report}   (winner, trials, plots, held-out scores)"]
+    lines += [f"tensorboard:   tensorboard --logdir {_tensorboard_dir(s)}",
               "time:          " + ", ".join(f"{k} {v:.0f}s" for k, v in s.seconds.items())]
     return "\n".join(lines)
+
+
+def _tensorboard_dir(s: RunSummary) -> str:
+    """zerotune's TensorBoard files: <run>/tensorboard, or one per trial under <sweep>/runs."""
+    from trainers.storage import Location
+
+    run = Location.parse(s.run_dir)
+    return str(run.join("runs") if s.winner_values or s.report else run.join("tensorboard"))

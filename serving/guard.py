@@ -167,7 +167,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     async def replay() -> Message:
         nonlocal sent
         if sent:
-            return await receive()
+            try:
+                return await receive()
+            except Exception:  # Serve raises (TaskCancelledError) once the client has gone: that is a disconnect
+                return {"type": "http.disconnect"}
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 

@@ -6,8 +6,9 @@ when a replica dies mid-request. It writes those as text/plain. Serve runs the S
 middlewares that `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` names inside every proxy, so
 `serving.app.start` (and the config `serve_config` writes) sets it, through the Serve
 controller's environment, to `proxy_middlewares` below: `ProxyErrors` rewrites any non-JSON
-error answer into `ErrorResponse` (keeping its status and headers such as Retry-After) and counts
-backpressure rejections as a metric.
+error answer into `ErrorResponse` (keeping its status and headers such as Retry-After), answers a
+JSON 500 where Serve would leave the request to uvicorn's plain-text 500 (a replica that died
+mid-request), and counts backpressure rejections as a metric.
 
 It only takes effect when Serve starts (HTTP options and the controller's environment are fixed
 then): on a cluster where Serve already runs, restart it (`serve shutdown`) or set
@@ -74,10 +75,11 @@ class ProxyErrors:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        state: dict[str, Any] = {"start": None, "chunks": []}
+        state: dict[str, Any] = {"start": None, "chunks": [], "started": False}
 
         async def rewrite(message) -> None:
             if message["type"] == "http.response.start":
+                state["started"] = True
                 headers = [(k, v) for k, v in message.get("headers", [])]
                 ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
                 if message["status"] >= 400 and b"json" not in ctype:
@@ -99,4 +101,16 @@ class ProxyErrors:
                 return await send({"type": "http.response.body", "body": body, "more_body": False})
             return await send(message)
 
-        await self.app(scope, receive, rewrite)
+        try:
+            await self.app(scope, receive, rewrite)
+        except Exception:
+            if state["started"]:
+                raise
+        if not state["started"]:
+            # Serve answered nothing (a replica died mid-request: Serve sends only 408/429/503 itself and
+            # leaves the rest to uvicorn's plain-text 500)
+            body = error_body(500, b"the replica handling this request failed")
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body, "more_body": False})

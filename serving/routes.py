@@ -84,7 +84,11 @@ log = logging.getLogger(__name__)
 CHAT_ROUTE = "/v1/chat/completions"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
-_STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+# OpenAPI 3.1 reads an event stream's schema as the schema of each event
+_SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
+    "type": "string", "description": "A chunk as JSON (CompletionChunk or ChatCompletionChunk), an {\"error\": ...} "
+    "object if the stream fails after it began, or [DONE] last."}}}
+_STREAMED = {200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}},
                    "description": "JSON, or with stream: true Server-Sent Events of chunks ending with [DONE]."}}
 
 
@@ -330,8 +334,12 @@ def _chat_logprobs(gen: Generation) -> ChatLogprobs | None:
 
 
 def _ignored_header(req: BaseModel) -> dict[str, str]:
-    names = getattr(req, "ignored_fields", [])
-    return {IGNORED_FIELDS_HEADER: ",".join(names)[:1000]} if names else {}
+    """The ignored keys, comma-separated; a header value is Latin-1 text, so anything else in a key
+    is escaped (and the whole stays short)."""
+    names = [n.encode("ascii", "backslashreplace").decode() for n in getattr(req, "ignored_fields", [])]
+    value = ",".join("".join(ch if 32 < ord(ch) < 127 and ch != "," else f"\\x{ord(ch):02x}" for ch in n)
+                     for n in names)
+    return {IGNORED_FIELDS_HEADER: value[:1000]} if value else {}
 
 
 # --- streaming ---------------------------------------------------------------------------------

@@ -11,6 +11,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.pop("RAY_ADDRESS", None)
+# Dummy cloud credentials for the S3-compatible test server (moto), set before any Ray starts so
+# every node inherits them. The secret is a canary: tests grep what runs write for it.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "zerotune-test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "canary-" + os.urandom(6).hex())
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 import pytest  # noqa: E402
 

@@ -142,11 +142,15 @@ def _write(text: str) -> None:
 
 def _on_driver(event: dict[str, Any]) -> None:
     """An event that arrived on the driver (from the feed, or raised here)."""
-    if event.get("kind") == "line":
-        _write(event["text"])
-        return
     with _c.lock:
         view = _c.view
+    if event.get("kind") == "line":
+        text = event["text"]
+        label = view.label(event) if view is not None and hasattr(view, "label") else None
+        if label and text.startswith(PREFIX):  # whose worker said it, where several train at once
+            text = f"{PREFIX} {label}: {text[len(PREFIX):].lstrip()}"
+        _write(text)
+        return
     if view is not None:
         log_line(f"{PREFIX} {describe(event)}")
         view.on_progress(event)

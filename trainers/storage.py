@@ -282,6 +282,7 @@ def _explain(err: BaseException) -> str:
     """A short reason from pyarrow's error (which can name a request id, never a secret)."""
     text = _first_line(err)
     for needle, reason in (("NO_SUCH_BUCKET", "the bucket does not exist"),
+                           ("allow_bucket_creation", "the bucket does not exist"),
                            ("InvalidAccessKeyId", "the access key is not valid"),
                            ("SignatureDoesNotMatch", "the secret key does not match the access key"),
                            ("ACCESS_DENIED", "access denied"), ("AccessDenied", "access denied"),

@@ -156,6 +156,7 @@ class SweepView:
         self._lock = threading.RLock()
         self._live = None
         self._last_line = time.monotonic()
+        self._trial_of_pid: dict[int, str] = {}  # rank-0 worker processes, learnt from their step events
         if live:
             from rich.console import Console
             from rich.live import Live
@@ -180,10 +181,18 @@ class SweepView:
     def on_progress(self, event: dict[str, Any]) -> None:
         run = str(event.get("run") or "")
         if event.get("kind") == "step" and run.startswith(run_name("")):
+            trial_id = run.removeprefix(run_name(""))
             with self._lock:
-                self.state.on_step(run.removeprefix(run_name("")), event)
+                self.state.on_step(trial_id, event)
+                if event.get("pid"):
+                    self._trial_of_pid[event["pid"]] = trial_id
             self.tick()
         # eval events: the callback reports each round from Tune's side
+
+    def label(self, event: dict[str, Any]) -> str | None:
+        """`trial <id>` for a line from a trial's rank-0 worker (its step events named it)."""
+        trial_id = self._trial_of_pid.get(event.get("pid"))
+        return f"trial {_short(trial_id)}" if trial_id else None
 
     def tick(self, force: bool = False) -> None:
         """Without a live table: a status line every `every_s` seconds."""

@@ -181,7 +181,8 @@ def test_generation_limits_are_422(urls, http):
     assert "serve.max_new_tokens" in over["message"]
     context = _error(http.post(url, json={"prompt": "bad " * 100, "max_tokens": LM_MAX_NEW}), 422)
     assert context["type"] == "context_length_exceeded" and "128 tokens" in context["message"]
-    assert _error(http.post(url, json={"prompt": "a", "stream": True}), 422)["fields"][0]["loc"] == "stream"
+    assert _error(http.post(url, json={"prompt": "a", "stream": "yes"}), 422)["fields"][0]["loc"] == "stream"
+    assert _error(http.post(url, json={"prompt": "a", "presence_penalty": 1}), 422)["param"] == "presence_penalty"
     wrong_model = _error(http.post(url, json={"prompt": "a", "model": "gpt-4"}), 404)
     assert "'lm'" in wrong_model["message"]
 
@@ -210,8 +211,10 @@ def test_other_tasks_routes_are_404_naming_the_task(urls, http):
 
 def test_openapi_documents_only_the_served_routes(urls, http):
     paths = set(http.get(f"{urls['ner']}/openapi.json").json()["paths"])
-    assert paths == {"/v1/tag", "/v1/models", "/healthz"}
-    assert http.get(f"{urls['ner']}/docs").status_code == 200
+    assert paths == {"/v1/tag", "/v1/models", "/v1/models/{model_id}", "/healthz"}
+    docs = http.get(f"{urls['ner']}/docs")
+    assert docs.status_code == 200 and "/ner/static-offline-docs/swagger-ui-bundle.js" in docs.text  # no CDN
+    assert http.get(f"{urls['ner']}/static-offline-docs/swagger-ui-bundle.js").status_code == 200
 
 
 def test_health_check_runs_the_model(urls):
@@ -302,8 +305,9 @@ def test_300_concurrent_clients_all_succeed_and_share_batches(urls, http):
     assert _pid(http, urls["cls"]) == pid
 
 
-def test_overload_is_503_at_once_not_a_hang(urls):
-    """One request runs, one waits, the rest are refused by the proxy (max_queued_requests)."""
+def test_overload_is_503_at_once_not_a_hang_with_the_json_error_body(urls):
+    """One request runs, one waits, the rest are refused by Serve's proxy (max_queued_requests),
+    which answers them itself: serving.proxy turns its text into zerotune's error body."""
 
     async def go():
         async with httpx.AsyncClient(timeout=120) as client:
@@ -312,8 +316,44 @@ def test_overload_is_503_at_once_not_a_hang(urls):
                 for _ in range(10)
             ))
 
-    codes = [r.status_code for r in asyncio.run(go())]
+    responses = asyncio.run(go())
+    codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 503} and codes.count(503) >= 1 and codes.count(200) >= 1, codes
+    for resp in responses:
+        if resp.status_code == 503:
+            error = _error(resp, 503)
+            assert error["type"] == "overloaded" and "max_queued_requests" in error["message"]
+
+
+def test_serves_own_404_for_a_path_no_app_serves_is_json(urls, http):
+    base = urls["cls"].rsplit("/", 1)[0]
+    assert _error(http.get(f"{base}/no-such-app/v1/models"), 404)["type"] == "not_found"
+
+
+def test_one_poisoned_input_among_concurrent_clients_fails_alone(urls, http):
+    """A lone surrogate is valid JSON but not text: 422 naming the item for its request, the normal
+    answer for every other request, whatever batch they shared."""
+    pid = _pid(http, urls["cls"])
+    bodies = [{"inputs": [f"good day {i}"]} for i in range(40)]
+    poisoned = {5: b'{"inputs": ["good", "x\\ud83d"]}', 17: b'{"inputs": ["\\ud800"]}'}
+
+    async def go():
+        async with httpx.AsyncClient(timeout=120, headers={**AUTH, **_JSON}) as client:
+            return await asyncio.gather(*(
+                client.post(f"{urls['cls']}/v1/classify", content=poisoned.get(i) or json.dumps(body).encode())
+                for i, body in enumerate(bodies)
+            ))
+
+    responses = asyncio.run(go())
+    for i, resp in enumerate(responses):
+        if i in poisoned:
+            error = _error(resp, 422)
+            assert error["type"] == "invalid_text" and error["param"] == ("inputs.1" if i == 5 else "inputs.0")
+        else:
+            assert resp.status_code == 200, (i, resp.text[:300])
+            assert ClassifyResponse.model_validate(resp.json()).results[0][0].label == "pos"
+    assert max(r.json()["batch_size"] for r in responses if r.status_code == 200) > 1
+    assert _pid(http, urls["cls"]) == pid
 
 
 def test_error_bodies_parse_as_json_everywhere(urls, http):
