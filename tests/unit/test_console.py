@@ -127,7 +127,7 @@ def test_quiet_session_sends_library_output_to_the_log_file(tmp_path, monkeypatc
         with session(spec, "train", verbose=False) as s:
             print("a library's print")
             lib.warning("a library warning")
-            logging.getLogger("ray.tune").info("a propagated info line")
+            logging.getLogger("another.library").info("a propagated info line")
             warnings.warn("a deprecation", FutureWarning, stacklevel=1)
             console.say("zerotune's own line")
             console.error("zerotune train: error: a user error")
