@@ -254,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--working-dir", help="kuberay: URI of the zipped working directory")
     p.set_defaults(func=_cmd_cluster_render)
 
+    from .plan import add_plan_command
+
+    add_plan_command(sub)  # `zerotune plan exp.yaml`: memory per worker per ZeRO stage, and what fits
+
     p = sub.add_parser("tune", help="search hyperparameters with Ray Tune; writes best.json and a report")
     _add_spec_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
