@@ -284,6 +284,7 @@ _EXAMPLES = {
     "cluster": "zerotune cluster render examples/quickstart.yaml --provider aws --out cluster/aws",
     "tune": "zerotune tune examples/quickstart.yaml --resume",
     "run": "zerotune run examples/quickstart.yaml --exit",
+    "plan": "zerotune plan examples/llama-lora-zero3-gpu.yaml train.schedule.micro_batch_size=4",
 }
 
 

@@ -22,11 +22,21 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One embedded local Ray for every integration test, started through cluster.connect."""
-    from cluster.config import ClusterSection
-    from cluster.connect import connect, shutdown
+def _shared_ray():
+    """Stops the shared Ray once the session ends (whichever module started it last)."""
+    from cluster.connect import shutdown
 
-    conn = connect(ClusterSection(num_cpus=2))
-    yield conn
+    yield
     shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(_shared_ray):
+    """One embedded local Ray shared by the integration tests, started through cluster.connect.
+
+    Per module: connect() reuses the running Ray, and starts it again after a module whose
+    commands needed the machine's one Ray for themselves (they shut the shared one down)."""
+    from cluster.config import ClusterSection
+    from cluster.connect import connect
+
+    return connect(ClusterSection(num_cpus=2))

@@ -40,7 +40,20 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("console")
     rows = [{"text": r["text"], "sentiment": {"pos": "positive", "neg": "negative"}[r["label"]]}
             for r in sentiment_rows(400)]
-    return make_model(d / "model", "sequence-classification"), write_csv(d / "tweets.csv", rows)
+    return make_model(d / "model", "sequence-classification"), write_csv(d / "tweets.csv", rows), _nan_model(d)
+
+
+def _nan_model(d: Path) -> str:
+    """The tiny model with one NaN weight: its very first loss is NaN, as a real blow-up's would be."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = make_model(d / "nan-model", "sequence-classification")
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    model.save_pretrained(path, safe_serialization=True)
+    return path
 
 
 def _zerotune(*args: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, str]:
@@ -50,7 +63,7 @@ def _zerotune(*args: str, timeout: int = 600) -> tuple[subprocess.CompletedProce
 
 
 def _tiny_overrides(tiny, storage: Path) -> list[str]:
-    model, data = tiny
+    model, data, _ = tiny
     return [f"cluster.storage_path={storage}", "cluster.num_cpus=2", f"train.model.name_or_path={model}",
             "train.model.labels=[negative, positive]", f"train.data.train={data}", "train.data.max_length=24",
             "train.data.max_train_samples=320", "train.data.max_eval_samples=40",
@@ -59,9 +72,11 @@ def _tiny_overrides(tiny, storage: Path) -> list[str]:
 
 def test_quickstart_console_shows_only_zerotune_and_its_errors(tiny, tmp_path):
     storage = tmp_path / "results"
-    # The second learning rate is planted to fail its trial: its loss diverges at once.
+    # The second model is planted to fail its trial: its loss diverges at once.
+    model, _, nan_model = tiny
     r, out = _zerotune("run", "examples/quickstart.yaml", *_tiny_overrides(tiny, storage),
-                       "tune.search_space.optim.lr.values=[5.0e-2, 1.0e+30]", "tune.search_space.lora.r.values=[4]",
+                       "tune.search_space={optim.lr: {type: grid, values: [5.0e-2]}, lora.r: {type: grid, values: [4]},"
+                       f" model.name_or_path: {{type: grid, values: [{model}, {nan_model}]}}}}",
                        f"serve.port={free_port()}", "--exit")
     assert r.returncode == 0, out[-6000:]
     lines = [x for x in r.stdout.splitlines() if x.strip()]
