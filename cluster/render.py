@@ -431,6 +431,9 @@ def kuberay_manifests(
     }
     serve_config = {
         "http_options": {"host": "0.0.0.0", "port": serve.port},  # inside the pod; the Service stays ClusterIP
+        # No controller_options (serving/proxy.py's JSON bodies for the proxy's own 404/503s): the
+        # proxies would import serving.proxy, which these pods get only through the apps'
+        # working_dir, and Serve's controller takes env_vars alone. Replicas' errors stay JSON.
         "applications": [{
             "name": serve.app_name,
             "route_prefix": serve.route_prefix,

@@ -82,6 +82,7 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
             f"validation rows; {s.num_workers} worker(s), ZeRO-{train.deepspeed.zero_stage}, "
             f"global batch {train.global_batch_size}" + (f", labels {splits.labels}" if splits.labels else ""))
     tensorboard = str(storage.join(name, "tensorboard"))
+    storage_path, storage_fs = storage.for_ray()
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop,
@@ -90,7 +91,8 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=s.keep_checkpoints,
                                                checkpoint_score_attribute=train.resolved_metric,
                                                checkpoint_score_order=train.resolved_mode),

@@ -120,6 +120,15 @@ class Location:
             raise StorageError(f"{self}: {_first_line(err)}") from None
         return fs, self.path
 
+    def for_ray(self):
+        """(storage_path, storage_filesystem) for Ray Train's and Tune's RunConfig and restore: a cloud
+        location passes the filesystem built here (endpoint and options applied) and the path on it,
+        so Ray, its trials and its workers never re-parse the URI and its query themselves."""
+        if self.is_local:
+            return self.path, None
+        fs, path = self.filesystem()
+        return path, fs
+
     def _info(self):
         fs, path = self.filesystem()
         try:

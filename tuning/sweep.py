@@ -97,13 +97,14 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
         TRIAL_DRIVER_RESOURCES,
     )
     snapshot = {"tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}
-    if rt.Tuner.can_restore(str(exp)):
+    exp_path, fs = exp.for_ray()
+    if rt.Tuner.can_restore(exp_path, storage_filesystem=fs):
         if not resume:
             raise SweepExistsError(f"a sweep named {name!r} already exists at {exp}. Resume it with --resume, "
                                    "or pick another name (or remove that directory) to start over.")
         _check_same_spec(exp.join(SPEC_FILE).read_text_or_none(), snapshot, str(exp))
         say(f"resuming sweep {name} at {exp}: finished trials are kept, unfinished ones continue")
-        return rt.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True, resume_errored=False,
+        return rt.Tuner.restore(exp_path, storage_filesystem=fs, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                 restart_errored=False)
     if resume:
         say(f"nothing to resume at {exp}; starting sweep {name}")
@@ -119,7 +120,7 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
         ),
         run_config=rt.RunConfig(
             # Tune's own reporter only with -v; zerotune's live view (SweepProgress) either way.
-            name=name, storage_path=root, verbose=1 if verbose() else 0,
+            name=name, storage_path=root.for_ray()[0], storage_filesystem=fs, verbose=1 if verbose() else 0,
             # Train already retries worker failures from checkpoints inside a trial; a trial
             # that still fails (bad data, a diverged loss) would fail the same way again.
             failure_config=rt.FailureConfig(max_failures=0),

@@ -47,6 +47,18 @@ def test_parse_keeps_query_options_on_every_join(s3):
     assert local.is_local and local.path == str(Path.home() / "y")
 
 
+def test_ray_gets_the_configured_filesystem_and_the_path_on_it(s3, tmp_path):
+    import pickle
+
+    path, fs = Location.parse(f"s3://unit/ray/exp?{s3}").for_ray()
+    assert path == "unit/ray/exp"
+    # Ray ships it to every trial and worker: a pickled copy still reaches the endpoint.
+    with pickle.loads(pickle.dumps(fs)).open_output_stream(path + "/marker") as f:
+        f.write(b"x")
+    assert Location.parse(f"s3://unit/ray/exp/marker?{s3}").read_bytes() == b"x"
+    assert Location.parse(tmp_path).for_ray() == (str(tmp_path), None)
+
+
 @pytest.mark.parametrize(("uri", "needle"), [
     ("ftp://host/x", "unknown storage scheme 'ftp'"),
     ("s3://AKIA:hunter2@bucket/x", "credentials in a URI"),
