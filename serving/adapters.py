@@ -13,7 +13,6 @@ from pathlib import Path
 
 from trainers.checkpoint import read_manifest
 from trainers.errors import CheckpointError
-from trainers.storage import Location
 
 from .config import AdapterSpec
 
@@ -32,7 +31,7 @@ def check_adapters(checkpoint: str | Path, adapters: Sequence[AdapterSpec]) -> N
     """Raise CheckpointError listing every adapter that cannot share the checkpoint's base."""
     if not adapters:
         return
-    main_path = Location.parse(checkpoint)
+    main_path = Path(checkpoint).expanduser()
     main = read_manifest(main_path)
     problems = []
     if main.kind != "adapter":
@@ -40,7 +39,7 @@ def check_adapters(checkpoint: str | Path, adapters: Sequence[AdapterSpec]) -> N
                         "LoRA adapter checkpoint too (train with lora.enabled and lora.merge_on_save false)")
     base = _base_of(main)
     for spec in adapters:
-        path = Location.parse(spec.checkpoint)
+        path = Path(spec.checkpoint).expanduser()
         try:
             m = read_manifest(path)
         except CheckpointError as err:

@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from trainers.checkpoint import MODEL_DIR, SERVABLE, load_for_inference, read_manifest, read_train
+from trainers.checkpoint import MODEL_DIR, load_for_inference, read_manifest, read_train
 from trainers.errors import CheckpointError, UserError
 from trainers.model import load_base_model, load_tokenizer, resolve_model_path
-from trainers.storage import cached_copy
 from trainers.tasks import Task, get_task
 
 from .adapters import check_adapters
@@ -180,7 +179,7 @@ class Engine:
 
         device, dtype = device_and_dtype(serve)
         if serve.adapters:
-            return cls._load_adapters(checkpoint, serve, device, dtype)
+            return cls._load_adapters(Path(checkpoint).expanduser(), serve, device, dtype)
         loaded = load_for_inference(checkpoint, dtype=dtype)
         model = loaded.model.to(device)
         if serve.quantize == "int8":
@@ -192,20 +191,18 @@ class Engine:
                    device=device)
 
     @classmethod
-    def _load_adapters(cls, uri: str | Path, serve: ServeSection, device: str, dtype) -> Engine:
-        """One base model, unmerged, with the app's adapter resident and the others loaded on demand.
-        Checkpoints in cloud storage are copied once per node (their servable part), as without adapters."""
+    def _load_adapters(cls, checkpoint: Path, serve: ServeSection, device: str, dtype) -> Engine:
+        """One base model, unmerged, with the app's adapter resident and the others loaded on demand."""
         from peft import PeftModel
 
-        check_adapters(uri, serve.adapters)
-        checkpoint = cached_copy(uri, include=SERVABLE)
+        check_adapters(checkpoint, serve.adapters)
         manifest, train = read_manifest(checkpoint), read_train(checkpoint)
         task = get_task(manifest.task)
         base = load_base_model(resolve_model_path(manifest.base_model), task, manifest.labels,
                                trust_remote_code=train.model.trust_remote_code, dtype=dtype)
         model = PeftModel.from_pretrained(base, str(checkpoint / MODEL_DIR), adapter_name=MAIN_ADAPTER)
         model.to(device).eval()
-        dirs = {a.name: str(cached_copy(a.checkpoint, include=SERVABLE) / MODEL_DIR) for a in serve.adapters}
+        dirs = {a.name: str(Path(a.checkpoint).expanduser().resolve() / MODEL_DIR) for a in serve.adapters}
         return cls(model, load_tokenizer(str(checkpoint / MODEL_DIR)), task=task, labels=manifest.labels,
                    device=device, adapters=dirs)
 
