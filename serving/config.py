@@ -60,6 +60,11 @@ class ServeSection(Section):
     quantize: Literal["none", "int8"] = Field(
         default="none", description="'int8': dynamic int8 quantization of Linear layers (CPU serving)."
     )
+    backend: Literal["torch", "onnx"] = Field(
+        default="torch", description="'onnx': ONNX Runtime on CPU (classification and NER), from the checkpoint's "
+        "`zerotune export --onnx` files when it has them, else exported when a replica loads it; with "
+        "quantize 'int8' the ONNX model is dynamically quantized. Same routes, batching and probe check.",
+    )
     auth_token_env: str | None = Field(
         default=None, description="Environment variable holding a bearer token the endpoint requires."
     )
@@ -136,5 +141,11 @@ class ServeSection(Section):
             raise ValueError(
                 "quantize 'int8' (dynamic, CPU) needs num_gpus_per_replica 0 and dtype 'auto' or 'fp32'; "
                 f"got num_gpus_per_replica {self.num_gpus_per_replica} and dtype {self.dtype!r}"
+            )
+        if self.backend == "onnx" and (self.num_gpus_per_replica > 0 or self.dtype not in ("auto", "fp32")
+                                       or self.adapters):
+            raise ValueError(
+                "backend 'onnx' runs fp32 (or quantize 'int8') on CPU, one model per app: it needs "
+                "num_gpus_per_replica 0, dtype 'auto' or 'fp32' and no serve.adapters; use backend 'torch' for those"
             )
         return self

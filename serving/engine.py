@@ -178,6 +178,11 @@ class Engine:
         import torch
 
         device, dtype = device_and_dtype(serve)
+        if serve.backend == "onnx":
+            from .onnx_backend import load_onnx
+
+            model, tokenizer, manifest = load_onnx(checkpoint, serve)
+            return cls(model, tokenizer, task=get_task(manifest.task), labels=manifest.labels, device="cpu")
         if serve.adapters:
             return cls._load_adapters(Path(checkpoint).expanduser(), serve, device, dtype)
         loaded = load_for_inference(checkpoint, dtype=dtype)

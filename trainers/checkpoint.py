@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .config import TrainSection
 from .errors import CheckpointError
-from .model import load_base_model, load_tokenizer, resolve_model_path
+from .model import is_local_name, load_base_model, load_tokenizer, portable_base, resolve_model_path
 from .storage import Location, cached_copy
 from .tasks import TaskName, get_task
 
@@ -53,6 +53,7 @@ class Manifest(BaseModel):
     trainable_params: int
     total_params: int
     lora_r: int | None = None
+    base_revision: str | None = Field(default=None, description="The base's resolved hub revision, where known.")
 
 
 class Probe(BaseModel):
@@ -99,11 +100,15 @@ def write_servable(
     model.save_pretrained(model_dir, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(model_dir)
     kind: Literal["full", "adapter", "merged"] = "adapter" if lora else "full"
+    revision = _base_revision(model, train)
+    if lora:
+        _point_adapter_at_base(model_dir, train.model.name_or_path, revision)
     (path / TRAIN_SPEC).write_text(train.model_dump_json(indent=2))
     manifest = Manifest(
         format=FORMAT_VERSION, task=train.model.task, kind=kind, base_model=train.model.name_or_path,
         labels=labels, step=step, epoch=epoch, metrics={k: float(v) for k, v in metrics.items()},
         trainable_params=params[0], total_params=params[1], lora_r=train.lora.r if lora else None,
+        base_revision=revision,
     )
     (path / MANIFEST).write_text(manifest.model_dump_json(indent=2))
     if probe is not None:
@@ -116,6 +121,27 @@ def write_servable(
         manifest = manifest.model_copy(update={"kind": "merged"})
         (path / MANIFEST).write_text(manifest.model_dump_json(indent=2))
     return manifest
+
+
+def _base_revision(model, train: TrainSection) -> str | None:
+    """The hub commit the base came from (transformers records it on the config), else the spec's revision."""
+    if is_local_name(train.model.name_or_path):
+        return None
+    return getattr(getattr(model, "config", None), "_commit_hash", None) or train.model.revision
+
+
+def _point_adapter_at_base(model_dir: Path, name_or_path: str, revision: str | None) -> None:
+    """adapter_config.json names the base as the spec did (peft records the resolved local path), so the
+    adapter opens wherever that name does; see trainers/export.py for pkg:// bases."""
+    import json
+
+    config = model_dir / "adapter_config.json"
+    if config.is_file():
+        doc = json.loads(config.read_text())
+        doc["base_model_name_or_path"] = portable_base(name_or_path)
+        if revision:
+            doc["revision"] = revision
+        config.write_text(json.dumps(doc, indent=2))
 
 
 SERVABLE = (MANIFEST, *_TRAIN_FILES.values(), MODEL_DIR, PROBE)  # what a reader copies; never state/

@@ -47,6 +47,18 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def is_local_name(name_or_path: str) -> bool:
+    """A pkg:// URI or a filesystem path, rather than a hub id."""
+    return name_or_path.startswith(("pkg://", "/", ".", "~")) or Path(name_or_path).expanduser().exists()
+
+
+def portable_base(name_or_path: str) -> str:
+    """The base an adapter's adapter_config.json names: something peft and transformers open by themselves.
+    A hub id or a path stays as the spec gave it; `pkg://` (zerotune's own scheme) becomes the package's
+    directory on this machine. zerotune itself reads the spec's name from zerotune.json instead."""
+    return str(resolve_package_path(name_or_path)) if name_or_path.startswith("pkg://") else name_or_path
+
+
 def load_tokenizer(path: str, *, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 

@@ -36,6 +36,7 @@ class Task:
     needs_fast_tokenizer: ClassVar[bool] = False  # serving maps tokens back to characters
     generative: ClassVar[bool] = False  # served by generate() (left padding, EOS ids, chat)
     held_out_baseline: ClassVar[bool] = False  # `zerotune run` scores held-out rows beside TF-IDF
+    onnx_exportable: ClassVar[bool] = False  # `zerotune export --onnx` and serve.backend onnx (one logits output)
 
     # --- metric names (data, not a computation) ---------------------------------------------------
 

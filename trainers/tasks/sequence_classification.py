@@ -23,6 +23,7 @@ class SequenceClassification(Task):
     routes = ("/v1/classify",)
     example_request = ("/v1/classify", '{"inputs": ["I love this!", "this is awful"]}')
     held_out_baseline = True
+    onnx_exportable = True
 
     def columns(self, data: DataSection) -> list[str]:
         return [data.text_column, *([data.text_pair_column] if data.text_pair_column else []), data.label_column]

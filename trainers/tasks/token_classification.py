@@ -25,6 +25,7 @@ class TokenClassification(Task):
     routes = ("/v1/tag",)
     example_request = ("/v1/tag", '{"inputs": ["Alice visited Paris"]}')
     needs_fast_tokenizer = True
+    onnx_exportable = True
 
     def columns(self, data: DataSection) -> list[str]:
         return [data.tokens_column, data.tags_column]
