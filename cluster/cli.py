@@ -19,6 +19,7 @@ from trainers.console import say, show
 from .config import ray_runtime_env
 from .errors import UserError
 from .loader import load_spec
+from .plan import launch_check
 from .spec import ExperimentSpec
 
 
@@ -65,6 +66,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .connect import connect
 
     spec = load_spec(args.file, args.overrides)
+    launch_check(spec)  # a job no node can hold stops here with the plan's table (exit 2), before Ray starts
     resolve_storage(spec.cluster.storage_path)  # a wrong path, bucket or credential fails before Ray starts
     say(str(connect(spec.cluster)))
     result = fit(spec.train, storage_path=spec.cluster.storage_path, name=spec.name)
@@ -188,10 +190,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                         "`zerotune train`")
     from trainers.launch import resolve_storage
 
+    plan = launch_check(spec)  # before Ray starts; its memory estimate also caps the trials run at once
     resolve_storage(spec.cluster.storage_path)  # a wrong path, bucket or credential fails before Ray starts
     connect(spec.cluster)
     result = run_sweep(spec.tune, spec.train, storage_path=spec.cluster.storage_path, name=spec.name,
-                       resume=args.resume)
+                       resume=args.resume, trials_by_memory=plan.trials_by_memory)
     from .report_html import serve_command, write_sweep_report
 
     report = write_sweep_report(spec, result)
@@ -200,6 +203,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     say(f"tensorboard: tensorboard --logdir {Location.parse(result.path).join('runs')}")
     say(f"serve the winner: {serve_command(spec, result.best.checkpoint)}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from trainers.export import export
+
+    result = export(args.checkpoint, args.out, merge=args.merge, dtype=args.dtype, onnx=args.onnx, int8=args.int8,
+                    device=args.device, tolerance=args.tolerance)
+    for c in result.checks:
+        say(f"checked {c.artifact} ({c.dtype}): largest logit difference from probe.json {c.max_abs_diff:.3g} "
+            f"<= {c.tolerance:g}; {c.same_argmax:.0%} of top outputs unchanged")
+    show(f"exported {args.checkpoint} -> {args.out} ({result.kind}, {result.dtype}"
+         f"{', onnx' if result.onnx else ''}{', int8' if result.int8 else ''}); export.json holds the checks")
     return 0
 
 
@@ -254,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--working-dir", help="kuberay: URI of the zipped working directory")
     p.set_defaults(func=_cmd_cluster_render)
 
+    p = sub.add_parser("export", help="merge, cast or export a checkpoint to ONNX, checked against its probe")
+    p.add_argument("checkpoint", help="a zerotune checkpoint directory or URI")
+    p.add_argument("--out", required=True, help="a new directory or s3:// / gs:// URI")
+    p.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base (in fp32)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="cast the weights once")
+    p.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx (classification, NER)")
+    p.add_argument("--int8", action="store_true", help="also write onnx/model.int8.onnx (implies --onnx)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the cast model is checked")
+    p.add_argument("--tolerance", type=float, help="largest logit difference from probe.json allowed "
+                   "(default per artifact: fp32 1e-3, fp16 2e-2, bf16 0.1, ONNX 1e-3, ONNX int8 0.5)")
+    p.set_defaults(func=_cmd_export)
+
     from .plan import add_plan_command
 
     add_plan_command(sub)  # `zerotune plan exp.yaml`: memory per worker per ZeRO stage, and what fits
@@ -284,6 +312,7 @@ _EXAMPLES = {
     "cluster": "zerotune cluster render examples/quickstart.yaml --provider aws --out cluster/aws",
     "tune": "zerotune tune examples/quickstart.yaml --resume",
     "run": "zerotune run examples/quickstart.yaml --exit",
+    "export": "zerotune export ~/zerotune_results/quickstart/runs/.../checkpoint_000075 --out winner --merge --int8",
     "plan": "zerotune plan examples/llama-lora-zero3-gpu.yaml train.schedule.micro_batch_size=4",
 }
 

@@ -16,6 +16,7 @@ from trainers.console import say
 from trainers.tasks import get_task
 
 from .connect import connect
+from .plan import launch_check
 from .spec import ExperimentSpec
 
 SUMMARY_FILE = "summary.json"
@@ -48,6 +49,7 @@ def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
     from trainers.launch import fit, resolve_storage
     from trainers.storage import Location
 
+    plan = launch_check(spec)  # a job no node can hold stops here with the plan's table, before Ray starts
     storage = resolve_storage(spec.cluster.storage_path)
     total = 3 if spec.serve else 1
     say(str(connect(spec.cluster)))
@@ -58,7 +60,8 @@ def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
         from tuning.sweep import run_sweep
 
         _stage(1, total, "tune: search, stop weak trials early, pick the winner")
-        sweep = run_sweep(spec.tune, spec.train, storage_path=storage, name=spec.name, resume=resume)
+        sweep = run_sweep(spec.tune, spec.train, storage_path=storage, name=spec.name, resume=resume,
+                          trials_by_memory=plan.trials_by_memory)
         checkpoint, values, report = sweep.best.checkpoint, dict(sweep.best.config), sweep.best.metrics
         run_dir = sweep.path
     else:

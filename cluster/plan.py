@@ -330,6 +330,65 @@ def check_fits(spec: ExperimentSpec) -> Plan:
     return plan
 
 
+# Search-space paths that change what one worker holds: a sweep is checked at its largest trial.
+_MEMORY_PATHS = ("schedule.micro_batch_size", "data.max_length", "model.gradient_checkpointing", "lora.",
+                 "deepspeed.", "scaling.")
+_MAX_VARIANTS = 16
+
+
+def sweep_variants(spec: ExperimentSpec) -> list[tuple[str, ExperimentSpec]]:
+    """(label, spec) for the base spec and each combination of the memory-relevant searched values
+    (grid/choice values, range ends), at most _MAX_VARIANTS."""
+    import itertools
+
+    from tuning.search_space import apply_values
+
+    axes = {path: d.examples() for path, d in (spec.tune.search_space.items() if spec.tune else ())
+            if path.startswith(_MEMORY_PATHS)}
+    out = [("", spec)]
+    for combo in itertools.islice(itertools.product(*axes.values()), _MAX_VARIANTS):
+        values = dict(zip(axes, combo, strict=True))
+        try:
+            train = apply_values(spec.train, values)
+        except ValueError:  # the loader already refused combinations that do not validate
+            continue
+        out.append((", ".join(f"{k}={v}" for k, v in values.items()), spec.model_copy(update={"train": train})))
+    return out
+
+
+def _peak(plan: Plan) -> int:
+    row = plan.current
+    if row is None:
+        return 0
+    return row.memory.peak_device if plan.on_gpu else row.memory.peak_host
+
+
+def launch_check(spec: ExperimentSpec) -> Plan:
+    """What `zerotune train/tune/run` run before Ray connects: check_fits on the job (a sweep on its
+    largest trial), the plan's table and exit 2 when nothing fits; with `train.plan: warn` the
+    warning and the table are printed and the job starts anyway. The plan it returns sizes a
+    sweep's concurrency (Plan.trials_by_memory)."""
+    from trainers.console import say, show
+
+    variants = sweep_variants(spec)
+    label, plan = "", None
+    for name, variant in variants:
+        try:
+            candidate = check_fits(variant)
+        except PlanDoesNotFitError as err:
+            if name:
+                raise PlanDoesNotFitError(f"the sweep's trial with {name}: {err}", err.plan) from None
+            raise
+        if plan is None or _peak(candidate) > _peak(plan):
+            label, plan = name, candidate
+    assert plan is not None
+    if plan.shape is None or (plan.nodes and not plan.fits):
+        say(f"warning: {spec.name}: the memory plan says this job may not fit; starting anyway (train.plan: warn)"
+            + (f"; sized for the sweep's trial with {label}" if label else ""))
+        show(format_plan(plan))
+    return plan
+
+
 def _empty_plan(spec: ExperimentSpec, warnings: list[str]) -> Plan:
     ds = spec.train.deepspeed
     return Plan(name=spec.name, model=spec.train.model.name_or_path, shape=None, on_gpu=spec.train.scaling.use_gpu,
@@ -382,12 +441,12 @@ def format_plan(plan: Plan) -> str:
         m = row.memory
         part = m.device if plan.on_gpu else m.host
         mark = "*" if m.option == plan.option else " "
-        cells = [f"{x / GiB:7.2f}" for x in (part.params, part.gradients, part.optimizer, part.activations,
-                                              part.buffers)]
+        cells = [_cell(x, 7) for x in (part.params, part.gradients, part.optimizer, part.activations,
+                                        part.buffers)]
         peak = m.device.peak if plan.on_gpu else m.host.peak
-        init = f"{m.init_device / GiB:6.2f}" if plan.on_gpu else " " * 6
+        init = _cell(m.init_device, 6) if plan.on_gpu else " " * 6
         fits = "  ".join(f"{('ok ' if f.fits else 'NO ') + _short(f):<16}" for f in row.fits)
-        lines.append(f"{mark} {m.option.label:<19}{''.join(cells)}{peak / GiB:7.2f}{init}{m.peak_host / GiB:7.2f}  "
+        lines.append(f"{mark} {m.option.label:<19}{''.join(cells)}{_cell(peak, 7)}{init}{_cell(m.peak_host, 7)}  "
                      f"{fits}")
     lines.append(f"  (* the spec's choice; node columns: headroom of {where}"
                  f"{' and RAM' if plan.on_gpu else ''} per node, or what does not fit)")
@@ -401,6 +460,13 @@ def format_plan(plan: Plan) -> str:
                      "micro batch or max_length, or bigger nodes")
     lines += [f"  ! {w}" for w in plan.warnings]
     return "\n".join(lines)
+
+
+def _cell(n: int | float, width: int) -> str:
+    """GiB right-aligned in `width` columns, with fewer decimals for large figures so columns never touch."""
+    gib = n / GiB
+    decimals = 2 if abs(gib) < 10 ** (width - 4) else 0
+    return f"{gib:{width}.{decimals}f}"
 
 
 def _short(f: NodeFit) -> str:

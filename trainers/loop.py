@@ -43,6 +43,7 @@ from .deepspeed import render_config, resolve_precision
 from .encode import collate
 from .model import count_parameters, load_base_model, load_tokenizer, prepare_for_training, resolve_model_path
 from .rounds import RoundReport
+from .safe_load import load_deepspeed_state
 from .tasks import IGNORE, Task, get_task
 from .tensorboard import TensorBoard
 
@@ -195,7 +196,8 @@ class Recipe:
         if not checkpoint:
             return
         with checkpoint.as_directory() as d:
-            self.engine.load_checkpoint(str(Path(d) / STATE_DIR), tag=DS_TAG)
+            # weights_only=True: a checkpoint in storage must never run code on every worker (safe_load.py)
+            load_deepspeed_state(self.engine, Path(d) / STATE_DIR, tag=DS_TAG)
             self.state = TrainerState.model_validate_json((Path(d) / STATE_DIR / TRAINER_STATE).read_text())
         self.resumed_from = self.state.step
         if self.rank == 0:

@@ -21,11 +21,14 @@ class ResourcesError(UserError):
 
 
 def plan_concurrency(scaling: ScalingSection, requested: int | None, total: Mapping[str, float],
-                     nodes: Sequence[Mapping[str, float]]) -> tuple[int, str | None]:
+                     nodes: Sequence[Mapping[str, float]], by_memory: int | None = None) -> tuple[int, str | None]:
     """(max_concurrent_trials, a note for the user or None).
 
-    `total` is ray.cluster_resources(); `nodes` the resources of each alive node. Raises
-    ResourcesError when a single trial (or one of its workers) can never be placed.
+    `total` is ray.cluster_resources(); `nodes` the resources of each alive node; `by_memory` how
+    many trials the cluster's memory holds at once (cluster/plan.py's Plan.trials_by_memory; None:
+    not known). Ray places trials by CPUs and GPUs only, so memory caps the count here: a 24 GiB
+    node whose trials need 10 GiB each runs two, whatever its CPUs. Raises ResourcesError when a
+    single trial (or one of its workers) can never be placed.
     """
     need = {"CPU": scaling.cpus_per_trial, "GPU": scaling.gpus_per_trial}
     per_worker = {"CPU": scaling.cpus_per_worker, "GPU": scaling.gpus_per_worker if scaling.use_gpu else 0.0}
@@ -42,6 +45,12 @@ def plan_concurrency(scaling: ScalingSection, requested: int | None, total: Mapp
         raise ResourcesError("no trial can start: " + "; ".join(problems) + ". Lower train.scaling.num_workers "
                              "or cpus_per_worker/gpus_per_worker, or run on a bigger cluster.")
     fits = min(math.floor(total.get(res, 0.0) / amount + _EPS) for res, amount in need.items() if amount > 0)
+    if by_memory is not None:
+        memory = max(1, by_memory)  # 0 only with train.plan: warn, which starts the job anyway
+        if memory < (requested or fits):
+            asked = f"tune.max_concurrent_trials is {requested}" if requested else f"the CPUs/GPUs fit {fits}"
+            return memory, (f"{asked}, but the memory plan fits {memory} trial(s) at once, so {memory} run at "
+                            "once (`zerotune plan` shows the estimate)")
     if requested is None:
         return fits, None
     if requested > fits:

@@ -8,6 +8,7 @@ is one its field accepts.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -106,6 +107,44 @@ class SchedulerSection(Section):
         return self
 
 
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")
+
+
+class BudgetSection(Section):
+    """What a sweep may spend; when either runs out, Tune stops the running trials and the best
+    result so far wins (tuning/budget.py turns node-hours into a wall-time limit)."""
+
+    wall_time: str | float | None = Field(
+        default=None, description="Wall time of the whole sweep: '2h', '90m', '1h30m', '45s', or seconds."
+    )
+    node_hours: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="Node-hours: the sweep's wall time times the nodes its concurrent trials occupy.",
+    )
+
+    @model_validator(mode="after")
+    def _readable(self) -> BudgetSection:
+        self.wall_seconds  # noqa: B018 (raises on a value it cannot read)
+        return self
+
+    @property
+    def wall_seconds(self) -> float | None:
+        if self.wall_time is None:
+            return None
+        if isinstance(self.wall_time, (int, float)):
+            seconds = float(self.wall_time)
+        else:
+            m = _DURATION.match(self.wall_time)
+            if not m or not any(m.groups()):
+                raise ValueError(f"wall_time: got {self.wall_time[:40]!r}; write it as '2h', '90m', '1h30m', "
+                                 "'45s' or a number of seconds")
+            h, mi, sec = (float(g or 0) for g in m.groups())
+            seconds = h * 3600 + mi * 60 + sec
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"wall_time: must be a positive, finite duration; got {self.wall_time!r}")
+        return seconds
+
+
 class TuneSection(Section):
     metric: str | None = Field(default=None, description="Metric to optimise; empty: train's metric.")
     mode: Literal["max", "min"] | None = Field(default=None, description="Better high or low; empty: train's.")
@@ -123,6 +162,10 @@ class TuneSection(Section):
         default=None, ge=1, description="Trials at once; empty: as many as the cluster's CPUs/GPUs fit."
     )
     time_budget_s: float | None = Field(default=None, gt=0, description="Stop the sweep after this many seconds.")
+    budget: BudgetSection | None = Field(
+        default=None, description="Wall time and/or node-hours the sweep may use (with time_budget_s, the smallest "
+        "limit wins); an estimate is printed once the first trial has measured its throughput."
+    )
 
     def resolved_metric(self, train: TrainSection) -> str:
         return self.metric or train.resolved_metric

@@ -28,6 +28,7 @@ from trainers.launch import resolve_storage
 from trainers.storage import Location
 from trainers.tasks import get_task
 
+from .budget import SweepEstimate, nodes_in_use, time_budget_s
 from .concurrency import plan_concurrency
 from .config import Grid, TuneSection
 from .progress import SweepProgress
@@ -41,7 +42,7 @@ BEST_FILE = "best.json"
 # ASHA needs a ceiling; with none configured, trials run as many rounds as training makes.
 _UNBOUNDED_ROUNDS = 10**6
 # Settings that a resumed sweep may change without changing what its trials mean.
-_RESUME_MAY_CHANGE = ("time_budget_s", "max_concurrent_trials")
+_RESUME_MAY_CHANGE = ("time_budget_s", "budget", "max_concurrent_trials")
 
 
 class SweepFailedError(UserError):
@@ -61,8 +62,11 @@ class SweepResult:
 
 
 def run_sweep(tune: TuneSection, train: TrainSection, *, storage_path: str, name: str,
-              resume: bool = False) -> SweepResult:
+              resume: bool = False, trials_by_memory: int | None = None) -> SweepResult:
     """Search `tune.search_space` over `train` on the connected Ray cluster; write and return the winner.
+
+    `trials_by_memory`: how many trials the cluster's memory holds at once (cluster/plan.py), a cap
+    on the concurrency the CPUs and GPUs allow.
 
     Rerun with resume=True after an interruption: finished trials are kept, unfinished ones
     continue from their latest checkpoint, and the ones not started yet run.
@@ -78,15 +82,23 @@ def run_sweep(tune: TuneSection, train: TrainSection, *, storage_path: str, name
     root = resolve_storage(storage_path)
     exp = root.join(name)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    concurrency, note = plan_concurrency(train.scaling, tune.max_concurrent_trials, ray.cluster_resources(), nodes)
-    tuner = _tuner(tune, train, root=root, name=name, resume=resume, concurrency=concurrency)
-    say(_plan_line(tune, train, metric, mode, concurrency, name) + (f" ({note})" if note else ""))
+    concurrency, note = plan_concurrency(train.scaling, tune.max_concurrent_trials, ray.cluster_resources(), nodes,
+                                         by_memory=trials_by_memory)
+    occupied = nodes_in_use(train.scaling, concurrency, nodes)
+    budget = time_budget_s(tune, occupied)
+    estimator = SweepEstimate(trials=num_trials(tune), concurrency=concurrency, global_batch=train.global_batch_size,
+                              eval_every_steps=train.schedule.eval_every_steps, scheduler=tune.scheduler,
+                              nodes=occupied, budget_s=budget)
+    tuner = _tuner(tune, train, root=root, name=name, resume=resume, concurrency=concurrency, budget_s=budget,
+                   extra_callbacks=[estimator])
+    say(_plan_line(tune, train, metric, mode, concurrency, name, budget) + (f" ({note})" if note else ""))
     # Tune reports checkpoint paths on the storage filesystem (no scheme): locate them under root.
     records = records_from_results(tuner.fit(), metric, tune.scheduler.max_t, locate=lambda p: str(root.at(p)))
     return _publish(records, tune, train, exp=exp, name=name)
 
 
-def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str, resume: bool, concurrency: int):
+def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str, resume: bool, concurrency: int,
+           budget_s: float | None = None, extra_callbacks: list | None = None):
     """A new Ray Tune Tuner for the sweep, or the interrupted one restored (resume)."""
     from ray import tune as rt
 
@@ -115,7 +127,7 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
         tune_config=rt.TuneConfig(
             metric=metric, mode=mode, num_samples=tune.num_samples, scheduler=_scheduler(tune),
             search_alg=_search_alg(tune), max_concurrent_trials=concurrency,
-            time_budget_s=tune.time_budget_s, reuse_actors=False, trial_name_creator=trial_dirname,
+            time_budget_s=budget_s, reuse_actors=False, trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=rt.RunConfig(
@@ -124,7 +136,7 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
             # Train already retries worker failures from checkpoints inside a trial; a trial
             # that still fails (bad data, a diverged loss) would fail the same way again.
             failure_config=rt.FailureConfig(max_failures=0),
-            callbacks=[SweepProgress(metric, mode)],
+            callbacks=[SweepProgress(metric, mode), *(extra_callbacks or [])],
         ),
     )
 
@@ -188,11 +200,12 @@ def num_trials(tune: TuneSection) -> int:
     return grid * tune.num_samples
 
 
-def _plan_line(tune: TuneSection, train: TrainSection, metric: str, mode: str, concurrency: int, name: str) -> str:
+def _plan_line(tune: TuneSection, train: TrainSection, metric: str, mode: str, concurrency: int, name: str,
+               budget_s: float | None = None) -> str:
     s = tune.scheduler
     sched = (f"ASHA (grace {s.grace_period}, reduction {s.reduction_factor:g}, max_t {s.max_t or 'none'})"
              if s.type == "asha" else "no early stopping")
-    budget = f", budget {tune.time_budget_s:g}s" if tune.time_budget_s else ""
+    budget = f", budget {budget_s:.0f}s of wall time" if budget_s else ""
     return (f"sweep {name}: {num_trials(tune)} trial(s), {mode} {metric}, {sched}, {tune.search_alg} search, "
             f"up to {concurrency} at once ({train.scaling.num_workers} worker(s) each{budget})")
 

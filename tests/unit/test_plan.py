@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,9 @@ def test_plan_runs_on_every_example(path):
     mine = [line for line in text.splitlines() if line.startswith("* ")]
     assert len(mine) == 1 and plan.option.label in mine[0]
     assert plan.recommendation is not None and plan.fits, text  # every shipped example fits its cluster
+    from cluster.plan import launch_check
+
+    assert launch_check(spec).fits  # so `zerotune train/tune/run` start it (a sweep: its largest trial too)
     rows = [line for line in text.splitlines() if re.match(r"[* ] ZeRO-", line)]
     assert len(rows) == len(ZERO_OPTIONS) and len({len(line) for line in rows}) == 1  # fixed width
 
@@ -215,3 +219,80 @@ def test_gradient_checkpointing_and_lora_shrink_activations():
     assert activation_bytes(model_shape(gc), gc, "fp32", on_gpu=False) < full / 3
     # On a GPU a fused attention kernel keeps no s x s scores and dropout masks are 1 byte.
     assert activation_bytes(shape, base, "bf16", on_gpu=True) < full / 2
+
+
+# --- checked at launch (zerotune train/tune/run) ------------------------------------------------
+
+SMOKE = ROOT / "examples" / "smoke.yaml"
+# MiniLM at micro batch 4096 x 512 tokens: hundreds of GiB of activations per worker, on any machine here.
+TOO_BIG = ["train.schedule.micro_batch_size=4096", "train.data.max_length=512"]
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_launch_stops_a_job_that_cannot_fit_before_ray_starts(tmp_path, command):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RAY_TMPDIR=str(tmp_path / "ray"))  # an embedded Ray would create it
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", command, str(SMOKE), *TOO_BIG,
+                        f"cluster.storage_path={tmp_path / 'results'}", *(["--exit"] if command == "run" else [])],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no node type can hold a worker" in r.stderr and "train.plan: warn" in r.stderr
+    assert "* ZeRO-2" in r.stderr and "this machine" in r.stderr  # the plan's table, against this machine
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "ray").exists(), f"zerotune {command} started Ray before the plan stopped it"
+    assert not (tmp_path / "results" / "smoke" / "checkpoint_manager_snapshot.json").exists()
+
+
+def test_launch_check_with_plan_warn_prints_the_table_and_continues(capsys):
+    from cluster.plan import launch_check
+    from trainers import console
+
+    console.attach(terminal=sys.stdout, errors=sys.stderr)
+    try:
+        plan = launch_check(load_spec(SMOKE, [*TOO_BIG, "train.plan=warn"]))
+    finally:
+        console.detach()
+    out = capsys.readouterr().out
+    assert not plan.fits and plan.nodes[0].name == "this machine"
+    assert "starting anyway (train.plan: warn)" in out and "* ZeRO-2" in out
+    assert launch_check(load_spec(SMOKE)).fits  # and a job that fits says nothing and passes
+
+
+def test_a_sweep_is_checked_at_its_largest_trial():
+    from cluster.plan import launch_check
+
+    tune = ["tune={search_space: {schedule.micro_batch_size: {type: grid, values: [8, 4096]}}}",
+            "train.data.max_length=512"]
+    with pytest.raises(PlanDoesNotFitError, match=r"the sweep's trial with schedule\.micro_batch_size=4096"):
+        launch_check(load_spec(SMOKE, tune))
+    small = ["tune={search_space: {schedule.micro_batch_size: {type: grid, values: [4, 8]}}}"]
+    assert launch_check(load_spec(SMOKE, small)).fits
+
+
+def test_trials_at_once_are_limited_by_memory():
+    from cluster.plan import HOST_USABLE, RAY_PROCESSES, GiB
+    from trainers.config import ScalingSection
+    from tuning.concurrency import plan_concurrency
+
+    one_worker = ["train.scaling.num_workers=1", "train.scaling.cpus_per_worker=1"]
+    cluster = ["cluster.address=ray://head:10001", "cluster.head.cpus=1", "cluster.head.memory_gb=1",
+               "cluster.worker_types.cpu.cpus=16", "cluster.worker_types.cpu.max_workers=3"]
+    probe = build_plan(load_spec(SMOKE, [*one_worker, *cluster, "cluster.worker_types.cpu.memory_gb=64"]))
+    need = probe.current.memory.peak_host
+    # A node whose usable RAM holds 2.5 trials' workers: 2 trials per node, 3 nodes; the 1 GiB head none.
+    node_gb = (2.5 * need + RAY_PROCESSES) / HOST_USABLE / GiB
+    plan = build_plan(load_spec(SMOKE, [*one_worker, *cluster, f"cluster.worker_types.cpu.memory_gb={node_gb}"]))
+    assert plan.fits and plan.trials_by_memory == 2 * 3
+
+    scaling = ScalingSection(num_workers=1, cpus_per_worker=1)
+    nodes = [{"CPU": 16.0}] * 3
+    total = {"CPU": 48.0}
+    assert plan_concurrency(scaling, None, total, nodes) == (48, None)  # by CPUs alone
+    count, note = plan_concurrency(scaling, None, total, nodes, by_memory=plan.trials_by_memory)
+    assert count == 6 and "memory plan fits 6 trial(s)" in note
+    count, note = plan_concurrency(scaling, 10, total, nodes, by_memory=6)
+    assert count == 6 and "tune.max_concurrent_trials is 10" in note
+    assert plan_concurrency(scaling, 4, total, nodes, by_memory=6) == (4, None)

@@ -1,0 +1,128 @@
+"""A sweep's budget and its time/cost estimate.
+
+The budget (`tune.budget`: wall time and/or node-hours, and `tune.time_budget_s`) becomes one wall
+time limit, Ray Tune's `TuneConfig(time_budget_s=...)`: when it runs out Tune stops the running
+trials and the best result so far wins. Node-hours are counted as the sweep's wall time times
+the nodes its concurrent trials occupy, so `node_hours / nodes_in_use` is the wall time it buys.
+
+The estimate needs a trial's throughput, which no formula knows for a CPU or GPU it has not seen:
+the first evaluation round of the first trial measures it (samples/s over every worker, and the
+trial's total steps), and `SweepEstimate` prints the sweep's expected wall time and node-hours
+then, under its scheduler (ASHA stops most trials early), against the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ray.tune import Callback
+
+from trainers.config import ScalingSection
+from trainers.console import say
+
+from .config import SchedulerSection, TuneSection
+
+
+def nodes_in_use(scaling: ScalingSection, concurrency: int, nodes: Sequence[Mapping[str, float]]) -> int:
+    """Nodes the sweep's concurrent trials occupy: their workers packed onto the largest alive node."""
+    per_node = 0
+    for node in nodes:
+        by_cpu = math.floor(node.get("CPU", 0.0) / scaling.cpus_per_worker + 1e-9)
+        by_gpu = math.floor(node.get("GPU", 0.0) / scaling.gpus_per_worker + 1e-9) if scaling.use_gpu else by_cpu
+        per_node = max(per_node, min(by_cpu, by_gpu))
+    return max(1, math.ceil(concurrency * scaling.num_workers / max(per_node, 1)))
+
+
+def time_budget_s(tune: TuneSection, nodes: int) -> float | None:
+    """The wall-time limit the sweep runs under (the smallest of what the spec sets), or None."""
+    limits = [tune.time_budget_s]
+    if tune.budget is not None:
+        limits.append(tune.budget.wall_seconds)
+        if tune.budget.node_hours is not None:
+            limits.append(tune.budget.node_hours * 3600 / max(nodes, 1))
+    given = [x for x in limits if x is not None]
+    return min(given) if given else None
+
+
+def asha_work_fraction(scheduler: SchedulerSection, rounds: int, trials: int) -> float:
+    """The share of `trials` x `rounds` that ASHA is expected to run: a trial reaching rung k
+    (grace_period x reduction_factor^k rounds) goes on with probability 1/reduction_factor, and
+    the best trial always runs in full (up to max_t rounds)."""
+    if scheduler.type != "asha" or rounds <= 0:
+        return 1.0
+    ceiling = _asha_ceiling(scheduler, rounds)
+    eta, rung, done, work, share = scheduler.reduction_factor, float(scheduler.grace_period), 0.0, 0.0, 1.0
+    while done < ceiling:
+        upto = min(rung, ceiling)
+        work += share * (upto - done)
+        done, rung, share = upto, rung * eta, max(share / eta, 1 / max(trials, 1))
+    return min(1.0, work / rounds)
+
+
+def _asha_ceiling(scheduler: SchedulerSection, rounds: int) -> int:
+    """Rounds the longest trial runs: ASHA's max_t cuts every trial there (no scheduler: all)."""
+    return min(rounds, scheduler.max_t or rounds) if scheduler.type == "asha" else rounds
+
+
+@dataclass(frozen=True)
+class Estimate:
+    trial_s: float  # one trial's full schedule
+    wall_s: float  # the sweep under its scheduler
+    wall_max_s: float  # no trial stopped early
+    node_hours: float
+
+    def line(self, budget_s: float | None, nodes: int) -> str:
+        text = (f"about {_duration(self.wall_s)} wall, {self.node_hours:.2f} node-hours on {nodes} node(s) "
+                f"(a full trial {_duration(self.trial_s)}; at most {_duration(self.wall_max_s)} if no trial "
+                "stops early)")
+        if budget_s is not None:
+            fits = self.wall_s <= budget_s
+            text += (f"; budget {_duration(budget_s)}: " + ("enough" if fits else "the sweep will be cut off, "
+                     "the trials still running then stopped and the best result so far kept"))
+        return text
+
+
+def estimate(*, trials: int, concurrency: int, total_steps: int, global_batch: int, samples_per_s: float,
+             rounds: int, scheduler: SchedulerSection, nodes: int) -> Estimate:
+    """The sweep's time and cost from one trial's measured throughput."""
+    trial_s = total_steps * global_batch / max(samples_per_s, 1e-9)
+    if rounds > 0:
+        trial_s *= _asha_ceiling(scheduler, rounds) / rounds
+    waves = math.ceil(trials / max(concurrency, 1))
+    wall_max = waves * trial_s
+    full = total_steps * global_batch / max(samples_per_s, 1e-9)
+    work = trials * full * asha_work_fraction(scheduler, rounds, trials)
+    wall = max(trial_s, work / max(concurrency, 1)) if trials else 0.0  # the longest trial runs in full
+    wall = min(wall, wall_max)
+    return Estimate(trial_s=trial_s, wall_s=wall, wall_max_s=wall_max, node_hours=wall * nodes / 3600)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class SweepEstimate(Callback):
+    """Prints the sweep's estimate once, from the first result that carries a measured throughput."""
+
+    def __init__(self, *, trials: int, concurrency: int, global_batch: int, eval_every_steps: int | None,
+                 scheduler: SchedulerSection, nodes: int, budget_s: float | None):
+        self.trials, self.concurrency, self.global_batch = trials, concurrency, global_batch
+        self.eval_every, self.scheduler, self.nodes, self.budget_s = eval_every_steps, scheduler, nodes, budget_s
+        self.done: Estimate | None = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.done is not None or not result.get("samples_per_s") or not result.get("total_steps"):
+            return
+        total, step = int(result["total_steps"]), int(result.get("step") or 0)
+        # One Tune result per evaluation round: every eval_every_steps steps, or one per epoch.
+        per_round = self.eval_every or max(step, 1)
+        self.done = estimate(trials=self.trials, concurrency=self.concurrency, total_steps=total,
+                             global_batch=self.global_batch, samples_per_s=float(result["samples_per_s"]),
+                             rounds=math.ceil(total / per_round), scheduler=self.scheduler, nodes=self.nodes)
+        say(f"sweep estimate (measured {float(result['samples_per_s']):.1f} samples/s, {total} steps per trial): "
+            + self.done.line(self.budget_s, self.nodes))
