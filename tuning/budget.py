@@ -87,12 +87,10 @@ class Estimate:
 def estimate(*, trials: int, concurrency: int, total_steps: int, global_batch: int, samples_per_s: float,
              rounds: int, scheduler: SchedulerSection, nodes: int) -> Estimate:
     """The sweep's time and cost from one trial's measured throughput."""
-    trial_s = total_steps * global_batch / max(samples_per_s, 1e-9)
-    if rounds > 0:
-        trial_s *= _asha_ceiling(scheduler, rounds) / rounds
+    full = total_steps * global_batch / max(samples_per_s, 1e-9)  # every step of one trial
+    trial_s = full * _asha_ceiling(scheduler, rounds) / rounds if rounds > 0 else full
     waves = math.ceil(trials / max(concurrency, 1))
     wall_max = waves * trial_s
-    full = total_steps * global_batch / max(samples_per_s, 1e-9)
     work = trials * full * asha_work_fraction(scheduler, rounds, trials)
     wall = max(trial_s, work / max(concurrency, 1)) if trials else 0.0  # the longest trial runs in full
     wall = min(wall, wall_max)
