@@ -100,7 +100,7 @@ def write_servable(
     model.save_pretrained(model_dir, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(model_dir)
     kind: Literal["full", "adapter", "merged"] = "adapter" if lora else "full"
-    revision = _base_revision(model, train)
+    revision = _base_revision(train)
     if lora:
         _point_adapter_at_base(model_dir, train.model.name_or_path, revision)
     (path / TRAIN_SPEC).write_text(train.model_dump_json(indent=2))
@@ -123,11 +123,18 @@ def write_servable(
     return manifest
 
 
-def _base_revision(model, train: TrainSection) -> str | None:
-    """The hub commit the base came from (transformers records it on the config), else the spec's revision."""
-    if is_local_name(train.model.name_or_path):
+def _base_revision(train: TrainSection) -> str | None:
+    """The hub commit a hub-id base was loaded from, else the spec's revision. transformers 5 no longer
+    records it on the config, so it is read from the snapshot the hub cache resolves the spec's
+    revision (default main) to: the files this process loaded."""
+    name = train.model.name_or_path
+    if is_local_name(name):
         return None
-    return getattr(getattr(model, "config", None), "_commit_hash", None) or train.model.revision
+    from huggingface_hub import try_to_load_from_cache
+    from transformers.utils.hub import extract_commit_hash
+
+    cached = try_to_load_from_cache(name, "config.json", revision=train.model.revision)
+    return (extract_commit_hash(cached, None) if isinstance(cached, str) else None) or train.model.revision
 
 
 def _point_adapter_at_base(model_dir: Path, name_or_path: str, revision: str | None) -> None:

@@ -374,8 +374,16 @@ def _place(tmp: Path, dst: Location) -> None:
         return
     marker = (tmp / EXPORT_MANIFEST).read_bytes()
     (tmp / EXPORT_MANIFEST).unlink()
-    dst.upload(tmp)
-    dst.join(EXPORT_MANIFEST).write_bytes(marker)
+    try:
+        dst.upload(tmp)
+        dst.join(EXPORT_MANIFEST).write_bytes(marker)
+    except BaseException:  # a dropped connection or ^C mid-upload: take back what got there
+        fs, path = dst.filesystem()
+        try:
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+        except OSError:
+            pass  # unreachable now: without export.json the partial upload is never read as an export
+        raise
 
 
 def read_export(path: str | Path | Location) -> ExportManifest | None:
