@@ -102,6 +102,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         env = ray_runtime_env(spec.cluster.runtime_env)  # what every replica needs, as for the jobs
         if env:
             config["applications"][0]["runtime_env"] = env
+        Path(args.emit_config).parent.mkdir(parents=True, exist_ok=True)  # as `cluster render --out` does
         Path(args.emit_config).write_text(yaml.safe_dump(config, sort_keys=False))
         say(f"wrote a Serve config for `serve deploy {args.emit_config}`")
         return 0

@@ -75,9 +75,35 @@ def apply_override(doc: dict[str, Any], item: str, source: str) -> None:
     except safe_yaml.YAMLProblem:
         value = raw  # not YAML: the text itself (the schema says whether a string fits)
     try:
-        set_dotted(doc, key.strip(), value)
+        if not _set_search_domain(doc, key.strip(), value):
+            set_dotted(doc, key.strip(), value)
     except ValueError as err:
         raise ConfigError(source, [f"override {key}: {err}"]) from None
+
+
+_SPACE = "tune.search_space."
+_DOMAIN_FIELDS = {"type", "low", "high", "q", "values"}  # what a domain holds; no train field has these names
+
+
+def _set_search_domain(doc: dict[str, Any], key: str, value: Any) -> bool:
+    """`tune.search_space.lora.r=...` (a whole domain) or `tune.search_space.lora.r.low=2` (one of
+    its fields), whether or not the file already searches lora.r: search-space keys are dotted paths
+    themselves, so splitting at every dot would file the domain under `lora: {r: ...}`."""
+    if not key.startswith(_SPACE) or len(key) == len(_SPACE):
+        return False
+    tune = doc.setdefault("tune", {})
+    space = tune.setdefault("search_space", {}) if isinstance(tune, dict) else None
+    if not isinstance(space, dict):
+        return False  # set_dotted says which part is not a mapping
+    path, _, field = key[len(_SPACE):].rpartition(".")
+    if path and field in _DOMAIN_FIELDS:
+        domain = space.setdefault(path, {})
+        if not isinstance(domain, dict):
+            raise ValueError(f"tune.search_space.{path} is not a mapping")
+        domain[field] = value
+    else:
+        space[key[len(_SPACE):]] = value
+    return True
 
 
 def validate_doc(doc: dict[str, Any], source: str = "<spec>") -> ExperimentSpec:

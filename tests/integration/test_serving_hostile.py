@@ -5,16 +5,18 @@
   longer run: ZEROTUNE_FUZZ_EXAMPLES=300 pytest tests/integration/test_serving_hostile.py -k schemathesis -s):
   no answer is a 5xx, every 4xx carries zerotune's JSON error body, every 2xx matches its schema;
 - two replicas under bounded load, one killed with SIGKILL: the other keeps answering; the success
-  rate without retries and the longest stall are measured and bounded.
+  rate without retries and the longest stall are measured (figures, not timed assertions).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,14 +32,15 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FUZZ_EXAMPLES = int(os.environ.get("ZEROTUNE_FUZZ_EXAMPLES", "25"))  # per operation and mode
 
 
-@pytest.fixture(scope="module")
-def urls(ray_cluster, tmp_path_factory):
+@contextlib.contextmanager
+def hostile_apps(root: Path):
+    """The three apps on a connected Ray (bench/fuzz_serving.py uses them too): `fcls` (classifier,
+    bearer token), `flm` (causal LM, no auth), `two` (classifier, two replicas); yields their URLs."""
     from ray import serve
     from ray.serve import RunTarget
 
     from serving.app import build_app, start
 
-    root = tmp_path_factory.mktemp("hostile")
     (root / "token").write_text(TOKEN)
     port = free_port()
     # small limits, so generated requests reach them (and stay quick on 2 cores)
@@ -63,10 +66,18 @@ def urls(ray_cluster, tmp_path_factory):
         serve.shutdown()
 
 
+@pytest.fixture(scope="module")
+def urls(ray_cluster, tmp_path_factory):
+    with hostile_apps(tmp_path_factory.mktemp("hostile")) as found:
+        yield found
+
+
 # --- schemathesis -----------------------------------------------------------------------------
 
 
-def _fuzz(url: str, headers: dict[str, str]) -> collections.Counter:
+def fuzz(url: str, headers: dict[str, str], examples: int = FUZZ_EXAMPLES) -> tuple[collections.Counter, list[str]]:
+    """schemathesis on every operation of the app's OpenAPI document, `examples` valid and as many
+    invalid requests each: the (operation, status) counts, and every answer that broke a rule."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
@@ -100,7 +111,7 @@ def _fuzz(url: str, headers: dict[str, str]) -> collections.Counter:
             except AssertionError as err:
                 problems.append(f"{where} ({str(err)[:300]})")
 
-    bounded = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+    bounded = settings(max_examples=examples, deadline=None, database=None, derandomize=True,
                        suppress_health_check=list(HealthCheck))
     for operation in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
@@ -109,8 +120,7 @@ def _fuzz(url: str, headers: dict[str, str]) -> collections.Counter:
                 run()
             except Unsatisfiable:  # nothing to make invalid (GET /healthz has no inputs)
                 assert mode is schemathesis.GenerationMode.NEGATIVE
-    assert not problems, problems[:5]
-    return statuses
+    return statuses, problems
 
 
 def _bind(check, label: str, mode):
@@ -125,7 +135,8 @@ def _bind(check, label: str, mode):
 def test_schemathesis_finds_no_5xx_and_json_on_every_4xx(urls):
     figures = {}
     for name, headers in (("fcls", AUTH), ("flm", {})):
-        statuses = _fuzz(urls[name], headers)
+        statuses, problems = fuzz(urls[name], headers)
+        assert not problems, problems[:5]
         figures[name] = dict(sorted(collections.Counter(code for (_, code) in statuses.elements()).items()))
         assert sum(statuses.values()) >= FUZZ_EXAMPLES  # it ran
         assert any(code == 200 for (_, code) in statuses) and any(400 <= code < 500 for (_, code) in statuses)
@@ -144,9 +155,9 @@ def _replica_pids(http: httpx.Client, url: str) -> set[int]:
     raise AssertionError(f"saw only replicas {pids}")
 
 
-def test_killing_one_of_two_replicas_under_load_keeps_the_endpoint_answering(urls):
-    url = urls["two"]
-    clients, total, limit_s = 6, 600, 60.0
+def kill_one_of_two(url: str, clients: int = 6, total: int = 600, limit_s: float = 60.0) -> dict:
+    """`clients` closed-loop clients send `total` requests (each once, no retries); a quarter of the
+    way in, one of the two replicas gets SIGKILL. The figures, and the survivor's pid."""
     with httpx.Client(timeout=30) as http:
         victim, survivor = sorted(_replica_pids(http, url))
     results: list[tuple[float, float, int, str]] = []  # (sent, done, status, content-type)
@@ -178,16 +189,27 @@ def test_killing_one_of_two_replicas_under_load_keeps_the_endpoint_answering(url
     kill = killed_at[0]
     ok = [r for r in results if r[2] == 200]
     failed = [r for r in results if r[2] != 200]
-    after = [r for r in ok if r[0] > kill]
     done = sorted([kill] + [r[1] for r in ok if r[1] >= kill])
-    stall = max(b - a for a, b in zip(done, done[1:], strict=False))  # longest wait for any answer after the kill
-    slowest = max(r[1] - r[0] for r in results)
-    print(f"\ntwo-replica kill: {len(ok)}/{len(results)} answered 200 without retries ({len(failed)} failed: "
-          f"{collections.Counter(r[2] for r in failed)}), {len(after)} answered after the kill, longest stall "
-          f"{stall:.2f} s, slowest request {slowest:.2f} s, load {results[-1][1] - start:.1f} s")
-    assert len(after) >= total // 2
-    assert len(failed) <= clients  # at most the requests the victim held when it died
-    assert all(r[3].startswith("application/json") for r in failed if r[2])  # even those get the JSON body
-    assert stall < 5.0
-    with httpx.Client(timeout=30) as http:
-        assert survivor in {http.get(f"{url}/healthz").json()["pid"] for _ in range(10)}  # the survivor answers
+    return {
+        "requests": len(results), "ok": len(ok), "failed": len(failed),
+        "failed_statuses": dict(collections.Counter(r[2] for r in failed)),
+        "failed_without_json": sum(1 for r in failed if r[2] and not r[3].startswith("application/json")),
+        "ok_after_kill": sum(1 for r in ok if r[0] > kill),
+        "longest_stall_s": round(max(b - a for a, b in zip(done, done[1:], strict=False)), 3),
+        "slowest_request_s": round(max(r[1] - r[0] for r in results), 3),
+        "load_s": round(results[-1][1] - start, 2), "clients": clients, "survivor": survivor,
+    }
+
+
+def test_killing_one_of_two_replicas_under_load_keeps_the_endpoint_answering(urls):
+    total, clients = 600, 6
+    f = kill_one_of_two(urls["two"], clients=clients, total=total)
+    print(f"\ntwo-replica kill: {f['ok']}/{f['requests']} answered 200 without retries ({f['failed']} failed: "
+          f"{f['failed_statuses']}), {f['ok_after_kill']} answered after the kill, longest stall "
+          f"{f['longest_stall_s']:.2f} s (after the kill: the longest wait for any answer), slowest request "
+          f"{f['slowest_request_s']:.2f} s, load {f['load_s']:.1f} s")
+    assert f["ok_after_kill"] >= total // 2
+    assert f["failed"] <= clients  # at most the requests the victim held when it died
+    assert f["failed_without_json"] == 0  # even those get the JSON body
+    with httpx.Client(timeout=30) as http:  # the survivor answers
+        assert f["survivor"] in {http.get(f"{urls['two']}/healthz").json()["pid"] for _ in range(10)}

@@ -249,6 +249,8 @@ def test_infinity_is_refused_in_search_domains(tmp_path, domain):
     ("serve.auth_token_env", "  ", "would serve without auth"),
     ("serve.auth_token_file", "", "would serve without auth"),
     ("serve.auth_token_env", "sk-live-123", "not the token itself"),
+    ("tune.metric", "eval_bogus", "tune.metric: got 'eval_bogus', which a sequence-classification run does not report"),
+    ("train.metric", "eval_macro_f", "Did you mean 'eval_macro_f1'?"),
 ])
 def test_values_a_field_cannot_really_use_are_refused(path, value, expect):
     assert expect in _problems(_with(BASE, path, value))
@@ -291,3 +293,113 @@ def test_a_secret_given_as_an_override_is_not_printed(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_spec(_write(tmp_path, QUICKSTART), [f"cluster.runtime_env.env_vars.GH_TOKEN={CANARY}"])
     assert "GH_TOKEN look like secrets" in str(info.value) and CANARY not in str(info.value)
+
+
+def test_a_canary_secret_reaches_no_output_and_no_file(tmp_path):
+    """The real CLI, as processes, with one canary planted wherever a careless user puts a secret (a
+    secret-named env var in the spec or an override, the token pasted where its variable's name
+    belongs) and in the secrets the process really holds (the serve token's variable, its file, the
+    cloud credentials): no stdout, no stderr and no file the commands write holds it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.unit.test_serving_checkpoints import classifier_checkpoint
+
+    checkpoint = classifier_checkpoint(tmp_path / "ck")
+    canary = "canary-" + os.urandom(6).hex()
+    token_file = tmp_path / "token"
+    token_file.write_text(canary)
+    env = {**os.environ, "ZT_TOKEN": canary, "AWS_SECRET_ACCESS_KEY": canary, "HF_TOKEN": canary}
+    spec = "examples/ner.yaml"  # render ships the repository: the spec must sit inside it
+    good = yaml.safe_load((ROOT / spec).read_text())
+    ok = ["cluster.runtime_env.env_vars.LOG_LEVEL=info", "serve.auth_token_env=ZT_TOKEN"]
+    bad = {"secret-env.yaml": _with(good, "cluster.runtime_env.env_vars.MY_API_KEY", canary),
+           "pasted-token.yaml": _with(good, "serve.auth_token_env", canary),
+           "secret-and-more.yaml": _with(_with(good, "cluster.runtime_env.env_vars.DB_PASSWORD", canary),
+                                         "train.optim.lr", -1)}
+    for name, doc in bad.items():
+        (tmp_path / name).write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    zt = [sys.executable, "-m", "cluster.cli"]
+    runs = [
+        (["validate", spec, *ok], 0), (["show", spec, *ok], 0),
+        (["show", spec, f"serve.auth_token_file={token_file}"], 0),
+        (["serve", spec, "--checkpoint", str(checkpoint), "--emit-config", str(out / "serve.yaml"), *ok], 0),
+        *((["cluster", "render", spec, "--provider", p, "--out", str(out / p), "--checkpoint", "s3://b/ck", *ok], 0)
+          for p in ("aws", "gcp", "kuberay")),
+        *((["validate", str(tmp_path / name)], 2) for name in bad),
+        (["validate", spec, f"cluster.runtime_env.env_vars.GH_TOKEN={canary}"], 2),
+        (["validate", spec, f"cluster.runtime_env.env_vars.GH_TOKEN:{canary}"], 2),
+    ]
+    for args, code in runs:
+        r = subprocess.run([*zt, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == code, (args, r.stdout[-2000:], r.stderr[-2000:])
+        assert canary not in r.stdout + r.stderr, args
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert len(written) >= 4, written  # the serve config and the three renders were written
+    for p in written:
+        assert canary.encode() not in p.read_bytes(), p
+
+
+def test_overrides_may_follow_options():
+    """`zerotune serve SPEC --checkpoint CK serve.port=N`: overrides before or after the options."""
+    from cluster.cli import parse_args
+
+    for argv in (["serve", "exp.yaml", "--checkpoint", "CK", "serve.port=9001", "train.optim.lr=1e-4"],
+                 ["serve", "exp.yaml", "serve.port=9001", "--checkpoint", "CK", "train.optim.lr=1e-4"],
+                 ["serve", "exp.yaml", "serve.port=9001", "train.optim.lr=1e-4", "--checkpoint", "CK"]):
+        args = parse_args(argv)
+        assert (args.file, args.checkpoint, args.overrides) == (
+            "exp.yaml", "CK", ["serve.port=9001", "train.optim.lr=1e-4"]), argv
+
+
+def test_an_override_after_an_option_reaches_the_loader(tmp_path, capsys):
+    # serve.port=0 is refused by the loader, before Ray or the checkpoint is touched
+    code = main(["serve", str(_write(tmp_path, QUICKSTART)), "--checkpoint", str(tmp_path / "ck"), "serve.port=0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "serve.port: got 0" in err and "Traceback" not in err, err
+
+
+def test_a_stray_argument_after_the_options_is_still_an_error(capsys):
+    from cluster.cli import parse_args
+
+    with pytest.raises(SystemExit) as info:
+        parse_args(["serve", "exp.yaml", "--checkpoint", "CK", "serve.port=9001", "oops"])
+    assert info.value.code == 2 and "unrecognized arguments: oops" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("tune.search_space.lora.r={type: quniform, low: 2, high: 16, q: 0.5}", "samples values such as 2.5"),
+    ("tune.search_space.schedule.epochs={type: uniform, low: 1, high: 3}", "train.schedule.epochs takes integers"),
+    ("tune.search_space.lora.r.q=0.5", "samples values such as"),
+])
+def test_a_search_domain_given_as_an_override_is_checked_like_one_in_the_file(tmp_path, override, expect):
+    """Search-space keys are dotted paths: an override files the domain under `lora.r` (known to the
+    file or not), not under a `lora:` mapping the schema would reject with an unrelated message."""
+    spec = _write(tmp_path, QUICKSTART.replace("lora.r: {type: grid, values: [4, 16]}",
+                                               "lora.r: {type: quniform, low: 4, high: 16, q: 4}"))
+    with pytest.raises(ConfigError) as info:
+        load_spec(spec, [override])
+    assert f"tune.search_space.{override.split('=')[0].removeprefix('tune.search_space.').removesuffix('.q')}: " \
+        in str(info.value) and expect in str(info.value), str(info.value)
+
+
+def test_search_domains_set_by_override_load():
+    spec = load_spec(ROOT / "examples" / "quickstart.yaml", [
+        "tune.search_space.lora.r.values=[4, 8]",
+        "tune.search_space.schedule.epochs.type=grid", "tune.search_space.schedule.epochs.values=[1, 2]",
+        "tune.search_space.optim.weight_decay={type: uniform, low: 0.0, high: 0.1}"])
+    space = spec.tune.search_space
+    assert set(space) == {"optim.lr", "lora.r", "schedule.epochs", "optim.weight_decay"}
+    assert space["lora.r"].values == [4, 8] and space["schedule.epochs"].values == [1, 2]
+
+
+def test_a_metric_name_is_checked_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    spec = _write(tmp_path, QUICKSTART)
+    assert main(["tune", str(spec), "tune.metric=eval_bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "tune.metric: got 'eval_bogus'" in err and "Choose one of: eval_loss" in err
+    assert not ray.is_initialized()
