@@ -39,6 +39,8 @@ class RunSummary(BaseModel):
     example: str | None = None
     seconds: dict[str, float] = Field(default_factory=dict)
     report: str | None = Field(default=None, description="report.html: winner, trials, plots, held-out scores.")
+    tensorboard: str | None = Field(default=None, description="zerotune's TensorBoard files: <sweep>/runs (one "
+                                    "run per trial) or <run>/tensorboard.")
 
 
 def _stage(n: int, total: int, what: str) -> None:
@@ -53,7 +55,6 @@ def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
     storage = resolve_storage(spec.cluster.storage_path)
     total = 3 if spec.serve else 1
     say(str(connect(spec.cluster)))
-    seconds: dict[str, float] = {}
 
     started = time.time()
     if spec.tune:
@@ -70,9 +71,9 @@ def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
         checkpoint, values, report = result.best_checkpoint or result.latest_checkpoint, {}, result.best or result.final
         run_dir = result.run_dir
     validation = dict(report.eval) if report else {}
-    seconds["train"] = time.time() - started
     summary = RunSummary(name=spec.name, run_dir=run_dir, checkpoint=checkpoint, winner_values=values,
-                         validation_metrics=validation, seconds=seconds)
+                         validation_metrics=validation, seconds={"train": time.time() - started},
+                         tensorboard=str(Location.parse(run_dir).join("runs" if spec.tune else "tensorboard")))
 
     if spec.serve:
         from serving.app import start
@@ -82,21 +83,21 @@ def run_job(spec: ExperimentSpec, *, resume: bool = False) -> RunSummary:
         started = time.time()
         summary.url = start(checkpoint, spec.serve)
         summary.example = example_request(summary.url, read_manifest(checkpoint).task, spec.serve)
-        seconds["serve"] = time.time() - started
+        summary.seconds["serve"] = time.time() - started
 
         _stage(3, total, "held-out test: the served model through HTTP, beside a TF-IDF baseline")
         started = time.time()
         _held_out(summary, spec)
-        seconds["test"] = time.time() - started
+        summary.seconds["test"] = time.time() - started
 
-    if spec.tune:
-        from tuning.html_report import HeldOut
+    from tuning.html_report import HeldOut
 
-        from .report_html import write_sweep_report
+    from .report_html import write_run_report, write_sweep_report
 
-        held = (HeldOut(rows=summary.test_rows, model=summary.test_metrics, baseline=summary.baseline_metrics,
-                        url=summary.url) if summary.test_metrics else None)
-        summary.report = str(write_sweep_report(spec, sweep, held_out=held))
+    held = (HeldOut(rows=summary.test_rows, model=summary.test_metrics, baseline=summary.baseline_metrics,
+                    url=summary.url) if summary.test_metrics else None)
+    summary.report = str(write_sweep_report(spec, sweep, held_out=held) if spec.tune
+                         else write_run_report(spec, result, checkpoint, held_out=held))
     Location.parse(run_dir).join(SUMMARY_FILE).write_text(summary.model_dump_json(indent=2))
     return summary
 
@@ -138,15 +139,9 @@ def format_summary(s: RunSummary) -> str:
         lines += [f"endpoint:      {s.url}   (OpenAPI: {s.url}/docs)", f"try:           {s.example}"]
     lines += [f"run directory: {s.run_dir}"]
     if s.report:
-        lines += [f"report:        {s.report}   (winner, trials, plots, held-out scores)"]
-    lines += [f"tensorboard:   tensorboard --logdir {_tensorboard_dir(s)}",
-              "time:          " + ", ".join(f"{k} {v:.0f}s" for k, v in s.seconds.items())]
+        what = "winner, trials, plots, held-out scores" if s.winner_values else "the model, held-out scores"
+        lines += [f"report:        {s.report}   ({what})"]
+    if s.tensorboard:
+        lines += [f"tensorboard:   tensorboard --logdir {s.tensorboard}"]
+    lines += ["time:          " + ", ".join(f"{k} {v:.0f}s" for k, v in s.seconds.items())]
     return "\n".join(lines)
-
-
-def _tensorboard_dir(s: RunSummary) -> str:
-    """zerotune's TensorBoard files: <run>/tensorboard, or one per trial under <sweep>/runs."""
-    from trainers.storage import Location
-
-    run = Location.parse(s.run_dir)
-    return str(run.join("runs") if s.winner_values or s.report else run.join("tensorboard"))

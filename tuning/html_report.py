@@ -42,6 +42,11 @@ class Link:
     target: str  # what the page links to (relative where possible)
     shown: str  # what the page prints (the full path or URI)
 
+    @classmethod
+    def to(cls, label: str, base: Location, target: str) -> Link:
+        """A link from a page in `base` to `target` (relative when it lies under `base`)."""
+        return cls(label, *_link(base, target))
+
 
 @dataclass(frozen=True)
 class ReportPage:

@@ -221,6 +221,7 @@ class SweepProgress(Callback):
         self._stream, self._live = stream, live
         self._view: SweepView | None = None
         self._previous = None
+        self._diverged: set[str] = set()  # trials whose loss blew up: said once, as a failure
 
     # --- the view's life: the sweep's ----------------------------------------------------------------
 
@@ -252,6 +253,16 @@ class SweepProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         t = self.state.trial(trial.trial_id, trial.config)
+        if result.get("diverged") and trial.trial_id not in self._diverged:
+            # Said here, not only from on_trial_error: a scheduler that stops the trial on this
+            # round's -inf score wins the race with fit()'s TrainingDivergedError.
+            self._diverged.add(trial.trial_id)
+            t.status = "failed"
+            lr = trial.config.get("optim.lr")
+            self._note(f"trial {_short(trial.trial_id)} failed: training diverged: the loss was "
+                       f"{result.get('train_loss')} at step {result.get('step')}. Lower train.optim.lr"
+                       f"{f' (now {lr:g})' if isinstance(lr, (int, float)) else ''}, add warmup "
+                       "(train.schedule.warmup_ratio) or gradient clipping (train.optim.grad_clip).")
         value = result.get(self.metric)
         t.rounds = int(result.get("training_iteration") or t.rounds)
         if isinstance(result.get("step"), int):
@@ -267,7 +278,7 @@ class SweepProgress(Callback):
         stopped = bool(result.get("done"))  # only a scheduler STOP sets done before the trial ends
         if stopped:
             result[ENDED] = "stopped"  # callbacks may amend the result; Tune stores it after them
-            t.status = "stopped early"
+            t.status = "failed" if trial.trial_id in self._diverged else "stopped early"
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
         console.log_line(f"{console.PREFIX} trial {_short(trial.trial_id)} round {t.rounds} "
                          f"(step {result.get('step')}): {self.metric} {shown}")
@@ -280,6 +291,8 @@ class SweepProgress(Callback):
             trial.update_last_result({**last, ENDED: "completed" if last.get("done") else "interrupted"})
         ended = trial.last_result.get(ENDED, "ended")
         t = self.state.trial(trial.trial_id, trial.config)
+        if trial.trial_id in self._diverged:
+            return  # said when it diverged
         t.status = {"stopped": "stopped early"}.get(ended, ended)
         best = f"; best {self.metric} {t.best:.4f}" if t.best is not None else ""
         self._note(f"trial {_short(trial.trial_id)} {'stopped early by the scheduler' if ended == 'stopped' else ended}"
@@ -288,6 +301,8 @@ class SweepProgress(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         t = self.state.trial(trial.trial_id, trial.config)
         t.status = "failed"
+        if trial.trial_id in self._diverged:
+            return  # said when it diverged
         self._note(f"trial {_short(trial.trial_id)} failed: {_last_line(trial.error_file)}")
 
     def on_step_end(self, iteration, trials, **info):

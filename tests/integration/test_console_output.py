@@ -1,7 +1,8 @@
 """What a user sees: the quickstart's own command on a tiny model prints only zerotune's lines --
 no line from Ray's, DeepSpeed's or transformers' loggers -- while a real error (a trial whose loss
 diverges) still shows; everything else is in the log file named on the first line; report.html
-opens in Chromium with its plots; and -v brings the libraries' output back to the terminal.
+opens in Chromium with its plots; and -v brings the libraries' output back to the terminal (on a
+`zerotune run` without a sweep, which still writes its report.html).
 
 Each command runs as a user runs it: the installed `zerotune`, its own embedded Ray, stdout a pipe
 (so the live views print plain lines, as in CI logs).
@@ -112,16 +113,19 @@ def test_quickstart_console_shows_only_zerotune_and_its_errors(tiny, tmp_path):
     text = report.read_text()
     assert "TF-IDF + logistic regression" in text and "zerotune serve examples/quickstart.yaml" in text
     assert f"report:        {report}" in r.stdout
+    assert re.search(r"^time: +train \d+s, serve \d+s, test \d+s$", r.stdout, re.M), r.stdout[-2000:]
     images = images_of(report)
     assert len(images) == 2 and all(i["width"] > 0 for i in images), images
 
 
-def test_verbose_brings_the_libraries_output_back(tiny, tmp_path):
+def test_verbose_brings_the_libraries_output_back_and_a_run_without_a_sweep_has_its_report(tiny, tmp_path):
     storage = tmp_path / "results"
-    r, out = _zerotune("train", "examples/quickstart.yaml", *_tiny_overrides(tiny, storage),
+    r, out = _zerotune("run", "examples/quickstart.yaml", *_tiny_overrides(tiny, storage), "tune=null", "serve=null",
                        "train.schedule.max_steps=5", "-v")
     assert r.returncode == 0, out[-6000:]
     assert "(RayTrainWorker pid=" in out and "(TrainController pid=" in out, out[-4000:]
     assert "[zerotune] eval at step 5/5" in out  # zerotune's own lines still there
     assert "[zerotune] log: " in r.stdout.splitlines()[0]
     assert "tensorboard --logdir " + str(storage / "quickstart" / "tensorboard") in out
+    report = storage / "quickstart" / "report.html"
+    assert f"report:        {report}" in r.stdout and "no tune: section" in report.read_text()

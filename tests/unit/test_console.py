@@ -164,3 +164,70 @@ def test_verbose_session_leaves_library_output_on_the_terminal(tmp_path, monkeyp
         assert console.verbose()
     assert "a library's print" in term.getvalue()
     assert not console.verbose()
+
+
+def test_sweep_view_redraws_in_place_on_a_terminal_and_prints_periodic_lines_elsewhere():
+    from tuning.progress import SweepState, SweepView
+    from tuning.trial import run_name
+
+    def feed(view, state):
+        state.planned = 2
+        state.trial("x_00000", {"optim.lr": 2e-3}).status = "running"
+        view.on_progress({"kind": "step", "run": run_name("x_00000"), "step": 5, "total_steps": 20,
+                          "samples_per_s": 12.5, "pid": 4242})
+        # a worker's own line, from the same process: labelled with its trial where several train at once
+        console.dispatch([{"kind": "line", "text": "[zerotune] epoch 0 starts", "pid": 4242}])
+
+    tty = _Tty()
+    console.attach(terminal=tty)
+    state = SweepState("eval_macro_f1", "max")
+    view = SweepView(state, tty, live=True, every_s=30)
+    console.set_view(view)
+    feed(view, state)
+    view.close()
+    drawn = tty.getvalue()
+    assert "\x1b[" in drawn  # rich redraws the table in place
+    assert "sweep: 2 trials: 1 running, 1 pending" in drawn and "5/20" in drawn and "12.5" in drawn
+    assert "[zerotune] trial 00000: epoch 0 starts" in drawn
+
+    plain = io.StringIO()
+    console.attach(terminal=plain)
+    state = SweepState("eval_macro_f1", "max")
+    view = SweepView(state, plain, live=False, every_s=3600)
+    console.set_view(view)
+    feed(view, state)
+    assert plain.getvalue() == "[zerotune] trial 00000: epoch 0 starts\n"  # no status line before every_s
+    view.tick(force=True)
+    assert "\x1b[" not in plain.getvalue()
+    assert plain.getvalue().splitlines()[-1].startswith(
+        "[zerotune] sweep: 2 trials: 1 running, 1 pending; ETA ") and "; 00000 step 5/20, 12.5 samples/s" in plain.getvalue()
+
+
+def test_a_diverged_trial_is_said_once_as_a_failure_whether_the_scheduler_or_its_error_ends_it():
+    from types import SimpleNamespace
+
+    from tuning.progress import SweepProgress
+    from tuning.records import ENDED
+
+    term = io.StringIO()
+    console.attach(terminal=term)
+    sweep = SweepProgress("eval_macro_f1", "max", stream=term, live=False)
+    sweep.setup()
+    blown = {"diverged": 1, "train_loss": float("nan"), "step": 1, "eval_macro_f1": float("-inf"),
+             "training_iteration": 1}
+    # Tune's trial, as far as the callback reads it
+    stopped, raised = (SimpleNamespace(trial_id=t, config={"optim.lr": 0.05}, last_result={}, error_file=None,
+                                       has_reported_at_least_once=True) for t in ("x_00000", "x_00001"))
+    sweep.on_trial_start(0, [], stopped)
+    sweep.on_trial_result(0, [], stopped, {**blown, "done": True})  # ASHA stops it on this round's -inf
+    stopped.last_result = {**blown, "done": True, ENDED: "stopped"}
+    sweep.on_trial_complete(0, [], stopped)
+    sweep.on_trial_result(0, [], raised, dict(blown))  # here fit()'s TrainingDivergedError ends it
+    sweep.on_trial_error(0, [], raised)
+    sweep.on_experiment_end([])
+    lines = term.getvalue().splitlines()
+    failed = [x for x in lines if " failed: " in x]
+    assert [x.split(" failed: ")[0] for x in failed] == ["[zerotune] trial 00000", "[zerotune] trial 00001"], lines
+    assert all("training diverged: the loss was nan at step 1. Lower train.optim.lr (now 0.05)" in x for x in failed)
+    assert not any("stopped early" in x for x in lines), lines
+    assert sweep.state.counts() == {"failed": 2}

@@ -59,3 +59,34 @@ def test_a_plot_that_is_missing_is_left_out_not_a_broken_image(tmp_path):
     html = render(sweep_page(Location.parse(exp), best, rows, serve_command=None))
     assert html.count("<img") == 1 and "trials.png" in html
     assert "serve the winner" not in html
+
+
+def test_a_run_without_a_sweep_gets_a_report_for_its_one_model(tmp_path):
+    from cluster.report_html import write_run_report
+    from cluster.spec import ExperimentSpec
+    from trainers.launch import FitResult
+    from trainers.rounds import RoundReport
+
+    spec = ExperimentSpec.model_validate({
+        "name": "solo", "cluster": {"storage_path": str(tmp_path / "results")},
+        "train": {"model": {"name_or_path": "m", "task": "sequence-classification"}, "data": {"train": "d.csv"}},
+    })
+    run = tmp_path / "results" / "solo"
+    run.mkdir(parents=True)
+    common = {"total_steps": 60, "epoch": 0, "lr": 1e-4, "trainable_params": 10, "total_params": 100}
+    best = RoundReport(step=40, train_loss=0.5, eval={"eval_accuracy": 0.8, "eval_macro_f1": 0.75}, **common)
+    final = RoundReport(step=60, train_loss=0.4, eval={"eval_accuracy": 0.78, "eval_macro_f1": 0.7}, **common)
+    ckpt = str(run / "checkpoint_000001")
+    result = FitResult(run_dir=str(run), final=final, best_checkpoint=ckpt, latest_checkpoint=str(run / "x"), best=best)
+    held = HeldOut(rows=96, model={"accuracy": 0.81, "macro_f1": 0.78}, baseline={"accuracy": 0.74, "macro_f1": 0.7})
+
+    out = write_run_report(spec, result, ckpt, held_out=held)
+    assert out.path == str(run / "report.html")
+    text = (run / "report.html").read_text()
+    assert "no tune: section" in text and "at step 40 of 60 (eval_macro_f1 0.7500, by highest eval_macro_f1)" in text
+    assert "Validation at that round: accuracy 0.8000, macro_f1 0.7500." in text
+    assert "href='checkpoint_000001'" in text and "href='tensorboard'" in text  # relative: the folder can move
+    assert f"zerotune serve solo.yaml --checkpoint {ckpt}" in text
+    assert f"tensorboard --logdir {run / 'tensorboard'}" in text
+    assert "TF-IDF + logistic regression" in text and "0.7800" in text
+    assert "<img" not in text and "id='trials'" not in text  # no sweep: no trials or trial plots
