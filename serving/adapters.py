@@ -13,6 +13,7 @@ from pathlib import Path
 
 from trainers.checkpoint import read_manifest
 from trainers.errors import CheckpointError
+from trainers.storage import Location
 
 from .config import AdapterSpec
 
@@ -31,7 +32,7 @@ def check_adapters(checkpoint: str | Path, adapters: Sequence[AdapterSpec]) -> N
     """Raise CheckpointError listing every adapter that cannot share the checkpoint's base."""
     if not adapters:
         return
-    main_path = Path(checkpoint).expanduser()
+    main_path = Location.parse(checkpoint)
     main = read_manifest(main_path)
     problems = []
     if main.kind != "adapter":
@@ -39,7 +40,7 @@ def check_adapters(checkpoint: str | Path, adapters: Sequence[AdapterSpec]) -> N
                         "LoRA adapter checkpoint too (train with lora.enabled and lora.merge_on_save false)")
     base = _base_of(main)
     for spec in adapters:
-        path = Path(spec.checkpoint).expanduser()
+        path = Location.parse(spec.checkpoint)
         try:
             m = read_manifest(path)
         except CheckpointError as err:

@@ -38,6 +38,7 @@ from fastapi import FastAPI
 from ray import serve
 
 from trainers.checkpoint import MANIFEST, read_manifest
+from trainers.storage import Location
 
 from .adapters import ModelIds, UnknownModel
 from .config import ServeSection
@@ -82,7 +83,8 @@ class _LoadedAdapter:
 
 
 def _created(checkpoint: str | Path) -> int:
-    return int((Path(checkpoint) / MANIFEST).stat().st_mtime)
+    """The checkpoint's time for /v1/models (local or in cloud storage)."""
+    return int(Location.parse(checkpoint).join(MANIFEST).mtime())
 
 
 @serve.deployment

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from trainers.checkpoint import MODEL_DIR, load_for_inference, read_manifest, read_train
+from trainers.checkpoint import MODEL_DIR, SERVABLE, load_for_inference, read_manifest, read_train
 from trainers.errors import CheckpointError, UserError
 from trainers.model import load_base_model, load_tokenizer, resolve_model_path
+from trainers.storage import cached_copy
 from trainers.tasks import Task, get_task
 
 from .adapters import check_adapters
@@ -184,7 +185,7 @@ class Engine:
             model, tokenizer, manifest = load_onnx(checkpoint, serve)
             return cls(model, tokenizer, task=get_task(manifest.task), labels=manifest.labels, device="cpu")
         if serve.adapters:
-            return cls._load_adapters(Path(checkpoint).expanduser(), serve, device, dtype)
+            return cls._load_adapters(checkpoint, serve, device, dtype)
         loaded = load_for_inference(checkpoint, dtype=dtype)
         model = loaded.model.to(device)
         if serve.quantize == "int8":
@@ -196,18 +197,20 @@ class Engine:
                    device=device)
 
     @classmethod
-    def _load_adapters(cls, checkpoint: Path, serve: ServeSection, device: str, dtype) -> Engine:
-        """One base model, unmerged, with the app's adapter resident and the others loaded on demand."""
+    def _load_adapters(cls, uri: str | Path, serve: ServeSection, device: str, dtype) -> Engine:
+        """One base model, unmerged, with the app's adapter resident and the others loaded on demand.
+        Checkpoints in cloud storage are copied once per node (their servable part), as without adapters."""
         from peft import PeftModel
 
-        check_adapters(checkpoint, serve.adapters)
+        check_adapters(uri, serve.adapters)
+        checkpoint = cached_copy(uri, include=SERVABLE)
         manifest, train = read_manifest(checkpoint), read_train(checkpoint)
         task = get_task(manifest.task)
         base = load_base_model(resolve_model_path(manifest.base_model), task, manifest.labels,
                                trust_remote_code=train.model.trust_remote_code, dtype=dtype)
         model = PeftModel.from_pretrained(base, str(checkpoint / MODEL_DIR), adapter_name=MAIN_ADAPTER)
         model.to(device).eval()
-        dirs = {a.name: str(Path(a.checkpoint).expanduser().resolve() / MODEL_DIR) for a in serve.adapters}
+        dirs = {a.name: str(cached_copy(a.checkpoint, include=SERVABLE) / MODEL_DIR) for a in serve.adapters}
         return cls(model, load_tokenizer(str(checkpoint / MODEL_DIR)), task=task, labels=manifest.labels,
                    device=device, adapters=dirs)
 

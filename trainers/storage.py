@@ -151,6 +151,11 @@ class Location:
 
         return self._info().type == pyarrow.fs.FileType.Directory
 
+    def mtime(self) -> float:
+        """When the file was last written (seconds since the epoch; 0 where the store does not say)."""
+        info = self._info()
+        return info.mtime.timestamp() if info.mtime is not None else 0.0
+
     def list(self) -> list[str]:
         """Names directly under this directory, sorted ([] when it does not exist)."""
         import pyarrow.fs

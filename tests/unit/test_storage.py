@@ -83,6 +83,19 @@ def test_read_write_list_and_upload_on_s3(s3, tmp_path):
     assert root.list() == ["a", "up"]
 
 
+def test_mtime_of_a_file_in_the_bucket_and_on_disk(s3, tmp_path):
+    """/v1/models dates a served checkpoint by its manifest, wherever the checkpoint lives."""
+    import time
+
+    before = time.time()
+    remote = Location.parse(f"s3://unit/mtime?{s3}").join("zerotune.json")
+    remote.write_text("{}")
+    local = Location.parse(tmp_path / "zerotune.json")
+    local.write_text("{}")
+    for loc in (remote, local):
+        assert before - 5 <= loc.mtime() <= time.time() + 5, loc
+
+
 def test_cached_copy_is_made_once_and_never_half_used(s3, tmp_path, monkeypatch):
     monkeypatch.setenv("ZEROTUNE_CACHE_DIR", str(tmp_path / "cache"))
     ckpt = Location.parse(f"s3://unit/ckpt?{s3}")
