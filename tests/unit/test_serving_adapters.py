@@ -16,6 +16,7 @@ from tests.unit.test_serving_checkpoints import (
     lm_adapter_checkpoint,
     lm_base,
 )
+from tests.unit.test_storage import s3  # noqa: F401, F811  (the moto server fixture)
 from trainers.errors import CheckpointError
 
 
@@ -106,3 +107,21 @@ def test_build_app_refuses_mismatched_adapters_before_any_replica_starts(checkpo
                      "serve": {"adapters": [{"name": "pos", "checkpoint": str(checkpoints["pos"])}]}})
     _, serve_json = app._bound_deployment.init_args  # no public getter for what an Application was bound with
     assert ServeSection.model_validate(serve_json).adapters[0].checkpoint == str(checkpoints["pos"].resolve())
+
+
+def test_adapters_in_cloud_storage_are_served_from_one_node_local_copy_each(checkpoints, s3, tmp_path, monkeypatch):  # noqa: F811
+    """The app's adapter and the extra ones live in a bucket (moto): each is copied once into the
+    node's cache (servable part only) and answers as it does from disk."""
+    from trainers.storage import CACHE_ENV, Location
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    bucket = Location.parse(f"s3://unit/adapters?{s3}")
+    uris = {name: str(bucket.join(name)) for name in ("neg", "pos")}
+    for name, uri in uris.items():
+        Location.parse(uri).upload(checkpoints[name])
+    engine = Engine.load(uris["neg"], ServeSection(adapters=[AdapterSpec(name="pos", checkpoint=uris["pos"])]))
+    [neg], [pos] = engine.classify(["the movie was fun"], None), engine.classify(["the movie was fun"], "pos")
+    assert CLS_LABELS[neg.index(max(neg))] == "neg" and CLS_LABELS[pos.index(max(pos))] == "pos"
+    copies = sorted((tmp_path / "cache").glob("*/.zerotune-complete"))
+    assert sorted(p.read_text() for p in copies) == sorted(uris.values())
+    assert not any((p.parent / "state").exists() for p in copies)
