@@ -196,43 +196,55 @@ def _describe(row: dict) -> str:
 
 
 def llama_section() -> list[str]:
-    """The plan for examples/llama-lora-zero3-gpu.yaml and DeepSpeed's own estimator figures."""
+    """The plan for examples/llama-lora-zero3-gpu.yaml, and DeepSpeed's own estimator figures for
+    every GPU example."""
     from cluster.loader import load_spec
     from cluster.plan import build_plan, format_plan
-    from trainers.memory import ZERO_OPTIONS, deepspeed_figures, estimate, model_shape
 
     spec = load_spec(ROOT / "examples" / "llama-lora-zero3-gpu.yaml")
-    plan = build_plan(spec)
-    train = spec.train
-    full = train.model_copy(update={"lora": train.lora.model_copy(update={"enabled": False})})
-    shapes = {"LoRA": model_shape(train), "full": model_shape(full)}
-    n = train.scaling.num_workers
     lines = ["## The plan for examples/llama-lora-zero3-gpu.yaml", "", "```text", "$ zerotune plan "
-             "examples/llama-lora-zero3-gpu.yaml", format_plan(plan), "```", "",
-             f"### Against DeepSpeed's estimators ({n} GPUs, 1 per node, no zero.Init)", "",
+             "examples/llama-lora-zero3-gpu.yaml", format_plan(build_plan(spec)), "```", "",
+             "## Against DeepSpeed's estimators (the GPU examples, 1 GPU per node, no zero.Init)", "",
              "DeepSpeed's `estimate_zero2/3_model_states_mem_needs` count parameters, gradients and optimizer "
              "states of a model whose every parameter trains; ours count the same three (per GPU) for full "
-             "fine-tuning and for the example's LoRA, before activations and buffers.", "",
-             "DeepSpeed's ZeRO-3 GPU figure adds one gathered layer (4 bytes x the largest layer, here the "
+             "fine-tuning and for the example's own training (LoRA or full), before activations and buffers.", "",
+             "DeepSpeed's ZeRO-3 GPU figure adds one gathered layer (4 bytes x the largest layer, for Llama the "
              "128256 x 4096 embedding); ours keeps the 16-bit gradient partition it omits (2 bytes / N) and "
              "counts the gathered working set (up to stage3_max_live_parameters, 1e9) with the buffers, "
              "not here. Its CPU figure is per node and includes loading the model in fp32 (4 bytes x 1.5 per "
              "parameter); ours is the offloaded state alone (16 bytes / N per trainable parameter, plus the "
              "16-bit parameter partition with param offload). LoRA is where the two part ways: DeepSpeed "
-             "charges every frozen weight 18 bytes.", "",
-             "| option | DeepSpeed per GPU (GiB) | ours, full (GiB) | ours, LoRA (GiB) | DeepSpeed per node CPU (GiB) "
-             "| ours, full, offloaded to host (GiB) |", "|---|---|---|---|---|---|"]
+             "charges every frozen weight 18 bytes."]
+    for example in sorted((ROOT / "examples").glob("*-gpu.yaml")):
+        lines += ["", *gpu_comparison(load_spec(example), example.name)]
+    return lines
+
+
+def gpu_comparison(spec, example: str) -> list[str]:
+    from trainers.memory import ZERO_OPTIONS, deepspeed_figures, estimate, model_shape
+
+    train = spec.train
+    full = train.model_copy(update={"lora": train.lora.model_copy(update={"enabled": False})})
+    own = "LoRA" if train.lora.enabled else "full"
+    shapes = {"full": model_shape(full), own: model_shape(train)}
+    n = train.scaling.num_workers
+    lines = [f"### {example}: {train.model.name_or_path}, {shapes['full'].total_params / 1e6:,.0f}M parameters, "
+             f"{n} GPUs", "",
+             "| option | DeepSpeed per GPU (GiB) | ours, full (GiB) | " + (f"ours, {own} (GiB) | " if own != "full" else "")
+             + "DeepSpeed per node CPU (GiB) | ours, full, offloaded to host (GiB) |",
+             "|---|---|---|" + ("---|" if own != "full" else "") + "---|---|"]
     gib = 2**30
     for option in ZERO_OPTIONS:
         ds = deepspeed_figures(shapes["full"], option, world_size=n)
         if ds is None:
             continue
-        ours = {k: estimate(train if k == "LoRA" else full, s, option, world_size=n, on_gpu=True)
+        ours = {k: estimate(train if k == own else full, s, option, world_size=n, on_gpu=True)
                 for k, s in shapes.items()}
         states = {k: w.model_states_device for k, w in ours.items()}
         host_full = ours["full"].host.params + ours["full"].host.optimizer
-        lines.append(f"| {option.label} | {ds.gpu_bytes / gib:.2f} | {states['full'] / gib:.2f} | "
-                     f"{states['LoRA'] / gib:.2f} | {ds.cpu_bytes / gib:.2f} | {host_full / gib:.2f} |")
+        mine = f"{states[own] / gib:.2f} | " if own != "full" else ""
+        lines.append(f"| {option.label} | {ds.gpu_bytes / gib:.2f} | {states['full'] / gib:.2f} | {mine}"
+                     f"{ds.cpu_bytes / gib:.2f} | {host_full / gib:.2f} |")
     return lines
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import warnings
 
 from pydantic import BaseModel, ConfigDict
 
@@ -241,7 +242,9 @@ def build_plan(spec: ExperimentSpec) -> Plan:
         where = "this machine has no GPU" if nodes[0].name == "this machine" else "no node type has GPUs"
         raise PlanInputError(f"train.scaling.use_gpu is true but {where}; add `gpus:` (and gpu_memory_gb) to a "
                              "node type under cluster.worker_types, or set train.scaling.use_gpu: false")
-    shape = model_shape(spec.train)
+    with warnings.catch_warnings():  # transformers' deprecation notes from building the meta model are not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        shape = model_shape(spec.train)
     rows = [_row(spec, shape, nodes, o, s.num_workers) for o in ZERO_OPTIONS]
     plan = Plan(name=spec.name, model=spec.train.model.name_or_path, shape=shape, on_gpu=s.use_gpu,
                 world_size=s.num_workers, option=current, nodes=nodes, rows=rows, recommendation=None, warnings=[])
@@ -489,10 +492,13 @@ def _short(f: NodeFit) -> str:
 
 def add_plan_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("plan", help="estimate memory per worker and pick a ZeRO stage, offload and GPUs "
-                              "(no Ray starts)")
+                              "(no Ray starts); --calibrate adds the sweep's time and cost")
     p.add_argument("file", help="experiment YAML")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides, e.g. train.schedule.micro_batch_size=4")
+    p.add_argument("--calibrate", action="store_true",
+                   help="connect to the spec's cluster, run a few steps of the smallest and largest configuration, "
+                   "and print the expected wall time and node-hours (of the sweep, or of the run)")
     p.set_defaults(func=cmd_plan)
     return p
 
@@ -506,4 +512,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(format_plan(plan))
     if plan.nodes and not plan.fits:
         raise PlanDoesNotFitError(f"{spec.name}: no node type can hold a worker of this job", plan)
+    if getattr(args, "calibrate", False):
+        for line in calibrate_spec(spec):
+            print(line)
     return 0
+
+
+def calibrate_spec(spec: ExperimentSpec) -> list[str]:
+    """`zerotune plan --calibrate`: the launch check (a sweep at its largest trial), then a few measured
+    steps of the smallest and largest configuration on the spec's cluster (tuning/calibrate.py)."""
+    import ray
+
+    from trainers.data import load_splits
+    from trainers.launch import resolve_storage
+    from trainers.tasks import get_task
+    from tuning.budget import nodes_in_use, time_budget_s
+    from tuning.calibrate import calibrate
+    from tuning.concurrency import plan_concurrency
+    from tuning.sweep import num_trials
+
+    from .connect import connect
+
+    plan = launch_check(spec)  # the largest trial must fit before it is measured
+    resolve_storage(spec.cluster.storage_path)
+    train, tune = spec.train, spec.tune
+    rows = len(load_splits(train.data, get_task(train.model.task), train.model.labels).train)
+    print(f"[zerotune] {connect(spec.cluster)}", flush=True)
+    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if tune is not None:
+        concurrency, _ = plan_concurrency(train.scaling, tune.max_concurrent_trials, ray.cluster_resources(), alive,
+                                          by_memory=plan.trials_by_memory)
+    else:
+        concurrency = 1
+    nodes = nodes_in_use(train.scaling, concurrency, alive)
+    result = calibrate(tune, train, storage_path=spec.cluster.storage_path, name=spec.name, train_rows=rows,
+                       concurrency=concurrency, nodes=nodes, trials=num_trials(tune) if tune else 1)
+    return result.lines(time_budget_s(tune, nodes) if tune else None, nodes)

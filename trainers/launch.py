@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import DIVERGED, read_manifest
+from .checkpoint import DIVERGED
 from .config import TrainSection, with_values
 from .console import say
 from .data import Splits, load_splits
 from .errors import UserError
 from .loop import WorkerConfig, train_loop
 from .model import load_tokenizer, resolve_model_path
+from .prepared import given_labels, prepare_data
 from .rounds import RoundReport
 from .storage import Location, StorageError
 from .tasks import get_task
@@ -38,14 +39,8 @@ class FitResult:
 def prepare(train: TrainSection) -> tuple[TrainSection, Splits]:
     """Check model, data and labels on the driver; return the spec with its labels resolved."""
     base_path = resolve_model_path(train.model.name_or_path)
-    labels = train.model.labels
-    if train.model.init_from:
-        manifest = read_manifest(train.model.init_from)
-        if manifest.task != train.model.task:
-            raise UserError(f"train.model.init_from is a {manifest.task} checkpoint; this run is {train.model.task}")
-        labels = labels or manifest.labels
     task = get_task(train.model.task)
-    splits = load_splits(train.data, task, labels)
+    splits = load_splits(train.data, task, given_labels(train))
     tokenizer = load_tokenizer(base_path, trust_remote_code=train.model.trust_remote_code,
                                revision=train.model.revision)
     # Encode a few rows here so tokenizer problems (no chat template, ...) surface before workers start.
@@ -68,25 +63,31 @@ def resolve_storage(storage_path: str | Location) -> Location:
 
 
 def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequence[Any] = (),
-        verbose: bool = True) -> FitResult:
-    """Train on the connected Ray cluster. Rerunning with the same name resumes the run."""
+        verbose: bool = True, data_root: str | Location | None = None) -> FitResult:
+    """Train on the connected Ray cluster. Rerunning with the same name resumes the run.
+
+    The data is prepared once (trainers/prepared.py) under `data_root` (default
+    `<storage_path>/prepared`; a sweep passes its own) and reused by every run with the same data."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     storage = resolve_storage(storage_path)
     _refuse_diverged_run(storage.join(name), name)
-    train, splits = prepare(train)
-    s = train.scaling
+    train, data = prepare_data(train, data_root if data_root is not None else storage.join("prepared"))
+    s, rows, labels = train.scaling, data.manifest.rows, data.manifest.labels
     if verbose:
-        say(f"{name}: {train.model.task} on {len(splits.train)} train / {len(splits.validation)} "
+        say(f"{name}: {train.model.task} on {rows['train']} train / {rows['validation']} "
             f"validation rows; {s.num_workers} worker(s), ZeRO-{train.deepspeed.zero_stage}, "
-            f"global batch {train.global_batch_size}" + (f", labels {splits.labels}" if splits.labels else ""))
+            f"global batch {train.global_batch_size}" + (f", labels {labels}" if labels else ""))
+        say(f"data {'reused' if data.reused else 'prepared'} at {data.location}"
+            + ("" if data.reused else f" ({data.manifest.seconds:.1f}s)"))
     tensorboard = str(storage.join(name, "tensorboard"))
     storage_path, storage_fs = storage.for_ray()
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop,
-        train_loop_config=WorkerConfig(train=train, tensorboard_dir=tensorboard).model_dump(mode="json"),
+        train_loop_config=WorkerConfig(train=train, tensorboard_dir=tensorboard,
+                                       data=str(data.location)).model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

@@ -38,10 +38,10 @@ from .checkpoint import (
 )
 from .config import TrainSection
 from .console import progress, say
-from .data import load_splits
 from .deepspeed import render_config, resolve_precision
 from .encode import collate
 from .model import count_parameters, load_base_model, load_tokenizer, prepare_for_training, resolve_model_path
+from .prepared import load_prepared, read_rows, train_shard, validation_shard
 from .rounds import RoundReport
 from .safe_load import load_deepspeed_state
 from .tasks import IGNORE, Task, get_task
@@ -58,6 +58,7 @@ class WorkerConfig(BaseModel):
 
     train: TrainSection
     tensorboard_dir: str | None = None
+    data: str  # the prepared data's folder (trainers/prepared.py), a local path or a URI
 
 
 class TrainerState(BaseModel):
@@ -69,7 +70,13 @@ class TrainerState(BaseModel):
 
 
 def train_loop(config: dict) -> None:
-    recipe = Recipe.setup(WorkerConfig.model_validate(config))
+    import psutil
+
+    # A trial's fixed cost, in stages (reported with every round; bench/tune_efficiency.py prints it):
+    # the worker process's start up to here, then imports, model, data and DeepSpeed in setup().
+    entered = time.time()
+    recipe = Recipe.setup(WorkerConfig.model_validate(config),
+                          setup_s={"worker": entered - psutil.Process().create_time()}, entered=entered)
     recipe.resume()
     recipe.train()
     recipe.finish()
@@ -120,6 +127,7 @@ class Recipe:
     probe_rows: list[dict]
     val_shard: list[dict]
     writer: TensorBoard | None  # rank 0 only
+    setup_s: dict[str, float] = field(default_factory=dict)  # seconds per setup stage (RoundReport.setup_*)
     state: TrainerState = field(default_factory=TrainerState)
     resumed_from: int = -1
     diverged: bool = False
@@ -132,7 +140,14 @@ class Recipe:
     # --- setup ------------------------------------------------------------------------------------
 
     @classmethod
-    def setup(cls, cfg: WorkerConfig) -> Recipe:
+    def setup(cls, cfg: WorkerConfig, setup_s: dict[str, float] | None = None,
+              entered: float | None = None) -> Recipe:
+        setup_s, mark = dict(setup_s or {}), [entered or time.time()]
+
+        def lap(stage: str) -> None:
+            now = time.time()
+            setup_s[stage], mark[0] = now - mark[0], now
+
         import deepspeed
         import ray.train
         import ray.train.torch
@@ -144,8 +159,10 @@ class Recipe:
         device = ray.train.torch.get_device()
         on_gpu = device.type == "cuda"
         _quiet_libraries()
+        set_worker_threads(train.scaling.cpus_per_worker)
         torch.manual_seed(train.data.seed)
         task, labels = get_task(train.model.task), train.model.labels
+        lap("imports")
 
         # Model and tokenizer: the base model, or a previous zerotune checkpoint to continue from.
         base_path = resolve_model_path(train.model.name_or_path)
@@ -158,20 +175,23 @@ class Recipe:
                                     revision=train.model.revision, attn_implementation=train.model.attn_implementation)
         model = prepare_for_training(model, train.model, train.lora)
         params = count_parameters(model)
+        lap("model")
 
-        # Data: every worker reads the same seeded splits; DistributedSampler gives each a disjoint
-        # shard. We chose it over Ray Data because fine-tuning sets fit in memory, and a sampler keeps
-        # the exact epoch/batch position that exact resume needs without extra CPU-hungry tasks.
-        splits = load_splits(train.data, task, labels)
-        train_rows = task.encode(splits.train, tokenizer, train.data, labels)
-        val_rows = task.encode(splits.validation, tokenizer, train.data, labels)
-        sampler = DistributedSampler(train_rows, num_replicas=world, rank=rank, shuffle=True, seed=train.data.seed)
+        # Data: prepared once on the driver (trainers/prepared.py); this rank reads only its own
+        # contiguous shard. A one-replica DistributedSampler reshuffles the shard each epoch from
+        # seed + epoch, so a restart replays the very same batches (exact resume).
+        data = load_prepared(cfg.data)
+        train_rows = train_shard(data, rank, world)
+        probe_rows = read_rows(data.location, "validation", 0, PROBE_ROWS)
+        val_shard = validation_shard(data, rank, world, task, probe_rows)
+        sampler = DistributedSampler(train_rows, num_replicas=1, rank=0, shuffle=True, seed=train.data.seed)
         loader = DataLoader(train_rows, batch_size=train.schedule.micro_batch_size, sampler=sampler,
                             collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))
         steps_per_epoch = max(1, len(loader) // train.schedule.gradient_accumulation_steps)
         total_steps = train.schedule.epochs * steps_per_epoch
         if train.schedule.max_steps:
             total_steps = min(total_steps, train.schedule.max_steps)
+        lap("data")
 
         # DeepSpeed, configured from the train and the step count computed above.
         precision = resolve_precision(train.deepspeed.precision, on_gpu=on_gpu,
@@ -181,11 +201,12 @@ class Recipe:
         engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
         )
+        lap("deepspeed")
         return cls(section=train, task=task, labels=labels, rank=rank, world=world, device=device, tokenizer=tokenizer,
                    engine=engine, params=params, sampler=sampler, loader=loader,
-                   total_steps=total_steps, probe_rows=val_rows[:PROBE_ROWS],
-                   val_shard=_equal_shard(val_rows, rank, world, task),
-                   writer=TensorBoard(cfg.tensorboard_dir) if rank == 0 and cfg.tensorboard_dir else None)
+                   total_steps=total_steps, probe_rows=probe_rows, val_shard=val_shard,
+                   writer=TensorBoard(cfg.tensorboard_dir) if rank == 0 and cfg.tensorboard_dir else None,
+                   setup_s=setup_s)
 
     # --- resume -----------------------------------------------------------------------------------
 
@@ -261,7 +282,7 @@ class Recipe:
             lr=float(self.engine.get_lr()[0]), train_loss=train_loss, trainable_params=self.params[0],
             total_params=self.params[1], peak_memory_mb=_peak_memory_mb(self.on_gpu),
             optimizer_state_mb=_optimizer_state_mb(self.engine), resumed_from_step=self.resumed_from,
-            eval=self.evaluate(), **window.rates(),
+            eval=self.evaluate(), **window.rates(), **{f"setup_{k}_s": v for k, v in self.setup_s.items()},
         )
         if self.writer:
             for k, v in report.to_ray().items():
@@ -392,15 +413,6 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _equal_shard(rows: list[dict], rank: int, world: int, task: Task) -> list[dict]:
-    """rows[rank::world], padded to the same length on every rank with rows that count for
-    nothing (all labels ignored): under ZeRO-3 every rank must run the same forward passes."""
-    shard = rows[rank::world]
-    width = math.ceil(len(rows) / world)
-    filler = {**rows[0], "labels": task.ignored_labels(rows[0])}
-    return shard + [filler] * (width - len(shard))
-
-
 def _optimizer_state_mb(engine) -> float:
     """This rank's optimizer state (Adam's moments), which ZeRO-1/2/3 shard across ranks.
     ZeRO's own fp32 master partitions are not counted."""
@@ -421,6 +433,16 @@ def _run_name() -> str:
     import ray.train
 
     return ray.train.get_context().get_experiment_name()
+
+
+def set_worker_threads(cpus_per_worker: float) -> int:
+    """Run torch's intra-op pool on exactly the CPUs this worker reserved (at least one) and return
+    that count. Ray sets OMP_NUM_THREADS to the reservation only when the environment has none, so
+    an OMP_NUM_THREADS=1 inherited from a shell or job would halve a 2-CPU worker's speed, and a
+    larger one oversubscribe the cores that other workers reserved (bench/train_throughput.py)."""
+    threads = max(1, int(cpus_per_worker))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _quiet_libraries() -> None:

@@ -1,23 +1,29 @@
 """A sweep's budget and its time/cost estimate.
 
-The budget (`tune.budget`: wall time and/or node-hours, and `tune.time_budget_s`) becomes one wall
-time limit, Ray Tune's `TuneConfig(time_budget_s=...)`: when it runs out Tune stops the running
-trials and the best result so far wins. Node-hours are counted as the sweep's wall time times
-the nodes its concurrent trials occupy, so `node_hours / nodes_in_use` is the wall time it buys.
+`tune.budget` (wall time and/or node-hours) is `SweepBudget`, a Tune stopper whose clock starts at
+the sweep's first evaluation round: before it the cluster is still coming up (nodes, the data, the
+first model), which buys no result, and a budget spent there would end the sweep with no winner.
+When it runs out Tune stops the running trials and the best round so far wins. Node-hours are the
+sweep's wall time times the nodes its concurrent trials occupy, so `node_hours / nodes_in_use` is
+the wall time they buy. `tune.time_budget_s` stays Ray Tune's own hard limit, counted from the start.
 
 The estimate needs a trial's throughput, which no formula knows for a CPU or GPU it has not seen:
-the first evaluation round of the first trial measures it (samples/s over every worker, and the
-trial's total steps), and `SweepEstimate` prints the sweep's expected wall time and node-hours
-then, under its scheduler (ASHA stops most trials early), against the budget.
+`zerotune plan --calibrate` measures a few steps of the smallest and largest configuration
+(tuning/calibrate.py); during the sweep, the first evaluation round of the first trial measures it
+again (samples/s over every worker, and the trial's total steps), and `SweepEstimate` prints the
+sweep's expected wall time and node-hours then, under its scheduler (ASHA stops most trials early),
+against the budget.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from trainers.config import ScalingSection
 from trainers.console import say
@@ -36,14 +42,46 @@ def nodes_in_use(scaling: ScalingSection, concurrency: int, nodes: Sequence[Mapp
 
 
 def time_budget_s(tune: TuneSection, nodes: int) -> float | None:
-    """The wall-time limit the sweep runs under (the smallest of what the spec sets), or None."""
-    limits = [tune.time_budget_s]
-    if tune.budget is not None:
-        limits.append(tune.budget.wall_seconds)
-        if tune.budget.node_hours is not None:
-            limits.append(tune.budget.node_hours * 3600 / max(nodes, 1))
+    """The wall time `tune.budget` buys (the smaller of its wall time and its node-hours on `nodes`
+    nodes), or None when the spec sets no budget."""
+    if tune.budget is None:
+        return None
+    limits = [tune.budget.wall_seconds]
+    if tune.budget.node_hours is not None:
+        limits.append(tune.budget.node_hours * 3600 / max(nodes, 1))
     given = [x for x in limits if x is not None]
     return min(given) if given else None
+
+
+class SweepBudget(Stopper):
+    """Stops every trial once `seconds` have passed since the sweep's first evaluation round.
+
+    Tune asks `stop_all` on every pass of its loop and calls the stopper with every result, both in
+    the driver, so one instance sees the first round and the clock."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.started: float | None = None  # time.monotonic() at the first round
+        self.spent_at_stop: float | None = None
+
+    def __call__(self, trial_id, result) -> bool:
+        if self.started is None:
+            self.started = time.monotonic()
+        return False
+
+    def stop_all(self) -> bool:
+        if self.spent_at_stop is not None:
+            return True
+        if self.started is None or time.monotonic() - self.started < self.seconds:
+            return False
+        self.spent_at_stop = time.monotonic() - self.started
+        say(f"tune.budget spent: {_duration(self.spent_at_stop)} since the first round (budget "
+            f"{_duration(self.seconds)}); stopping the running trials, the best round so far wins")
+        return True
+
+    def __setstate__(self, state: dict) -> None:
+        # A restored sweep (--resume) starts its clock again at its first round.
+        self.__dict__.update(state, started=None, spent_at_stop=None)
 
 
 def asha_work_fraction(scheduler: SchedulerSection, rounds: int, trials: int) -> float:
@@ -88,11 +126,21 @@ def estimate(*, trials: int, concurrency: int, total_steps: int, global_batch: i
              rounds: int, scheduler: SchedulerSection, nodes: int) -> Estimate:
     """The sweep's time and cost from one trial's measured throughput."""
     full = total_steps * global_batch / max(samples_per_s, 1e-9)  # every step of one trial
-    trial_s = full * _asha_ceiling(scheduler, rounds) / rounds if rounds > 0 else full
+    return sweep_estimate(trial_times=[full], trials=trials, concurrency=concurrency, rounds=rounds,
+                          scheduler=scheduler, nodes=nodes)
+
+
+def sweep_estimate(*, trial_times: Sequence[float], trials: int, concurrency: int, rounds: int,
+                   scheduler: SchedulerSection, nodes: int) -> Estimate:
+    """The sweep's time and cost from the full-schedule time of each configuration it may run (its
+    trials spread evenly over them): the longest trial runs in full, the rest as the scheduler lets."""
+    mean = sum(trial_times) / max(len(trial_times), 1)
+    cut = _asha_ceiling(scheduler, rounds) / rounds if rounds > 0 else 1.0  # ASHA's max_t ends every trial there
+    trial_s = max(trial_times, default=0.0) * cut
     waves = math.ceil(trials / max(concurrency, 1))
-    wall_max = waves * trial_s
-    work = trials * full * asha_work_fraction(scheduler, rounds, trials)
-    wall = max(trial_s, work / max(concurrency, 1)) if trials else 0.0  # the longest trial runs in full
+    wall_max = max(trial_s, waves * mean * cut)
+    work = trials * mean * asha_work_fraction(scheduler, rounds, trials)
+    wall = max(trial_s, work / max(concurrency, 1)) if trials else 0.0
     wall = min(wall, wall_max)
     return Estimate(trial_s=trial_s, wall_s=wall, wall_max_s=wall_max, node_hours=wall * nodes / 3600)
 

@@ -101,9 +101,11 @@ class SchedulerSection(Section):
 
     @model_validator(mode="after")
     def _grace_within_max_t(self) -> SchedulerSection:
-        if self.max_t is not None and self.max_t < self.grace_period:
-            raise ValueError(f"max_t must be at least grace_period; got max_t={self.max_t}, "
-                             f"grace_period={self.grace_period}")
+        # ASHA's rungs are evaluation rounds (one Tune result per round): a trial can first be
+        # stopped after grace_period rounds, so grace_period >= max_t stops nothing.
+        if self.type == "asha" and self.max_t is not None and self.max_t <= self.grace_period:
+            raise ValueError(f"max_t must be above grace_period, or no trial can stop early; got max_t={self.max_t}, "
+                             f"grace_period={self.grace_period}. Lower grace_period, raise max_t, or set type: none")
         return self
 
 
@@ -111,8 +113,8 @@ _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?
 
 
 class BudgetSection(Section):
-    """What a sweep may spend; when either runs out, Tune stops the running trials and the best
-    result so far wins (tuning/budget.py turns node-hours into a wall-time limit)."""
+    """What a sweep may spend, counted from its first evaluation round; when either runs out, Tune
+    stops the running trials and the best result so far wins (tuning/budget.py: SweepBudget)."""
 
     wall_time: str | float | None = Field(
         default=None, description="Wall time of the whole sweep: '2h', '90m', '1h30m', '45s', or seconds."
@@ -155,16 +157,21 @@ class TuneSection(Section):
         default_factory=dict, description="Dotted paths into `train:` mapped to domains, e.g. optim.lr."
     )
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection, description="Early stopping.")
+    trial_order: Literal["shuffled", "grid"] = Field(
+        default="shuffled", description="Order of grid values: 'shuffled' (seeded) so the first trials, which "
+        "set ASHA's first cut-offs, are not always the lowest values; 'grid': as written."
+    )
     search_alg: Literal["random", "optuna"] = Field(
         default="random", description="Random/grid search, or Optuna's TPE when optuna is installed."
     )
     max_concurrent_trials: int | None = Field(
         default=None, ge=1, description="Trials at once; empty: as many as the cluster's CPUs/GPUs fit."
     )
-    time_budget_s: float | None = Field(default=None, gt=0, description="Stop the sweep after this many seconds.")
+    time_budget_s: float | None = Field(default=None, gt=0, description="Ray Tune's own limit: stop the sweep this "
+                                        "many seconds after it starts (start-up included).")
     budget: BudgetSection | None = Field(
-        default=None, description="Wall time and/or node-hours the sweep may use (with time_budget_s, the smallest "
-        "limit wins); an estimate is printed once the first trial has measured its throughput."
+        default=None, description="Wall time and/or node-hours the sweep may use from its first evaluation round; "
+        "an estimate is printed once the first trial has measured its throughput (and by `zerotune plan --calibrate`)."
     )
 
     def resolved_metric(self, train: TrainSection) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import types
 import typing
 from typing import Any
@@ -62,7 +63,27 @@ def check_search_space(tune: TuneSection, train: TrainSection) -> list[str]:
         problems += _value_problems(where, path, domain, train)
     if not problems and len(tune.search_space) > 1:
         problems += _combination_problems(tune, train)
-    return problems
+    return problems + _scheduler_problems(tune, train)
+
+
+def _scheduler_problems(tune: TuneSection, train: TrainSection) -> list[str]:
+    """An early-stopping scheduler that can stop nothing: every trial ends at or before the grace
+    period. Counted in evaluation rounds, ASHA's unit; only where the spec fixes them (max_steps and
+    eval_every_steps, neither searched)."""
+    s, sched = tune.scheduler, train.schedule
+    if s.type == "none" or not (sched.max_steps and sched.eval_every_steps):
+        return []
+    if {"schedule.max_steps", "schedule.eval_every_steps"} & set(tune.search_space):
+        return []
+    rounds = math.ceil(sched.max_steps / sched.eval_every_steps)
+    if s.max_t is not None:
+        rounds = min(rounds, s.max_t)
+    if rounds > s.grace_period:
+        return []
+    return [f"tune.scheduler.grace_period: every trial ends after {rounds} evaluation round(s) (train.schedule."
+            f"max_steps {sched.max_steps} / eval_every_steps {sched.eval_every_steps}), within the grace period of "
+            f"{s.grace_period}, so {s.type.upper()} can stop nothing early. Lower grace_period below {rounds}, "
+            "evaluate more often (train.schedule.eval_every_steps), train longer, or set tune.scheduler.type: none"]
 
 
 MAX_REPORTED = 3  # rejected values (or combinations) listed per problem; the rest are counted
@@ -202,8 +223,19 @@ def to_tune(domain: Domain) -> Any:
 
 def param_space(tune: TuneSection) -> dict[str, Any]:
     """Tune's param_space: one flat key per dotted path, so a trial's config is exactly the values
-    it sampled (the train spec itself travels separately)."""
-    return {path: to_tune(domain) for path, domain in tune.search_space.items()}
+    it sampled (the train spec itself travels separately).
+
+    Tune runs a grid in the order its values are written, usually smallest first, so the weakest
+    configurations would run first and set ASHA's first cut-offs. trial_order 'shuffled' permutes
+    each grid's values with a fixed seed: the same order on every run (a resumed sweep, a rerun)."""
+    space = {}
+    for i, (path, domain) in enumerate(tune.search_space.items()):
+        if isinstance(domain, Grid) and tune.trial_order == "shuffled":
+            values = list(domain.values)
+            random.Random(i).shuffle(values)
+            domain = domain.model_copy(update={"values": values})
+        space[path] = to_tune(domain)
+    return space
 
 
 def plain(value: Any) -> Any:

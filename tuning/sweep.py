@@ -4,6 +4,7 @@ Layout under <storage>/<name>/:
 
     experiment_state-*.json, tuner.pkl, trial_<id>/   Ray Tune's experiment (what --resume reads)
     runs/trial_<id>/checkpoint_*                       each trial's Train run and its checkpoints
+    prepared/<key>/                                    the tokenized data every trial reads (trainers/prepared.py)
     sweep_spec.json                                    the tune: and train: sections it started with
     best.json, trials.csv, trials.md, trials.png, learning_curves.png
 
@@ -25,10 +26,11 @@ from trainers.config import TrainSection
 from trainers.console import say, verbose
 from trainers.errors import CheckpointError, UserError
 from trainers.launch import resolve_storage
+from trainers.prepared import prepare_data
 from trainers.storage import Location
 from trainers.tasks import get_task
 
-from .budget import SweepEstimate, nodes_in_use, time_budget_s
+from .budget import SweepBudget, SweepEstimate, nodes_in_use, time_budget_s
 from .concurrency import plan_concurrency
 from .config import Grid, TuneSection
 from .progress import SweepProgress
@@ -38,6 +40,7 @@ from .search_space import apply_values, param_space
 from .trial import TRIAL_DRIVER_RESOURCES, run_trial, trial_dirname
 
 SPEC_FILE = "sweep_spec.json"
+PREPARED_DIR = "prepared"
 BEST_FILE = "best.json"
 # ASHA needs a ceiling; with none configured, trials run as many rounds as training makes.
 _UNBOUNDED_ROUNDS = 10**6
@@ -89,8 +92,9 @@ def run_sweep(tune: TuneSection, train: TrainSection, *, storage_path: str, name
     estimator = SweepEstimate(trials=num_trials(tune), concurrency=concurrency, global_batch=train.global_batch_size,
                               eval_every_steps=train.schedule.eval_every_steps, scheduler=tune.scheduler,
                               nodes=occupied, budget_s=budget)
-    tuner = _tuner(tune, train, root=root, name=name, resume=resume, concurrency=concurrency, budget_s=budget,
-                   extra_callbacks=[estimator])
+    tuner = _tuner(tune, train, root=root, name=name, resume=resume, concurrency=concurrency,
+                   stopper=SweepBudget(budget) if budget else None, extra_callbacks=[estimator])
+    _prepare_once(tune, train, exp.join(PREPARED_DIR))
     say(_plan_line(tune, train, metric, mode, concurrency, name, budget) + (f" ({note})" if note else ""))
     # Tune reports checkpoint paths on the storage filesystem (no scheme): locate them under root.
     records = records_from_results(tuner.fit(), metric, tune.scheduler.max_t, locate=lambda p: str(root.at(p)))
@@ -98,14 +102,15 @@ def run_sweep(tune: TuneSection, train: TrainSection, *, storage_path: str, name
 
 
 def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str, resume: bool, concurrency: int,
-           budget_s: float | None = None, extra_callbacks: list | None = None):
+           stopper=None, extra_callbacks: list | None = None):
     """A new Ray Tune Tuner for the sweep, or the interrupted one restored (resume)."""
     from ray import tune as rt
 
     exp = root.join(name)
     metric, mode = tune.resolved_metric(train), tune.resolved_mode(train)
     trainable = rt.with_resources(
-        rt.with_parameters(run_trial, train_json=train.model_dump(mode="json"), runs_path=str(exp.join("runs"))),
+        rt.with_parameters(run_trial, train_json=train.model_dump(mode="json"), runs_path=str(exp.join("runs")),
+                           data_root=str(exp.join(PREPARED_DIR))),
         TRIAL_DRIVER_RESOURCES,
     )
     snapshot = {"tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}
@@ -127,18 +132,32 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
         tune_config=rt.TuneConfig(
             metric=metric, mode=mode, num_samples=tune.num_samples, scheduler=_scheduler(tune),
             search_alg=_search_alg(tune), max_concurrent_trials=concurrency,
-            time_budget_s=budget_s, reuse_actors=False, trial_name_creator=trial_dirname,
+            time_budget_s=tune.time_budget_s, reuse_actors=False, trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=rt.RunConfig(
             # Tune's own reporter only with -v; zerotune's live view (SweepProgress) either way.
             name=name, storage_path=root.for_ray()[0], storage_filesystem=fs, verbose=1 if verbose() else 0,
+            stop=stopper,  # tune.budget (tuning/budget.py)
             # Train already retries worker failures from checkpoints inside a trial; a trial
             # that still fails (bad data, a diverged loss) would fail the same way again.
             failure_config=rt.FailureConfig(max_failures=0),
             callbacks=[SweepProgress(metric, mode), *(extra_callbacks or [])],
         ),
     )
+
+
+def _prepare_once(tune: TuneSection, train: TrainSection, root: Location) -> None:
+    """Read, check and tokenize the data once, before any trial starts; every trial (and a resumed
+    sweep) finds it under `root` by its key. A space that searches data or model fields gives trials
+    different data: each such trial prepares its own (keyed the same way, so equal ones share)."""
+    if any(path.startswith(("data.", "model.")) for path in tune.search_space):
+        return
+    _, data = prepare_data(train, root)
+    rows = data.manifest.rows
+    say(f"data {'reused' if data.reused else 'prepared once for every trial'}: {rows['train']} train / "
+        f"{rows['validation']} validation rows at {data.location}"
+        + ("" if data.reused else f" ({data.manifest.seconds:.1f}s)"))
 
 
 def _publish(records: list[TrialRecord], tune: TuneSection, train: TrainSection, *, exp: Location,
@@ -205,7 +224,9 @@ def _plan_line(tune: TuneSection, train: TrainSection, metric: str, mode: str, c
     s = tune.scheduler
     sched = (f"ASHA (grace {s.grace_period}, reduction {s.reduction_factor:g}, max_t {s.max_t or 'none'})"
              if s.type == "asha" else "no early stopping")
-    budget = f", budget {budget_s:.0f}s of wall time" if budget_s else ""
+    budget = f", tune.budget {budget_s:.0f}s of wall time from the first round" if budget_s else ""
+    if tune.time_budget_s:
+        budget += f", time_budget_s {tune.time_budget_s:g}s from now"
     return (f"sweep {name}: {num_trials(tune)} trial(s), {mode} {metric}, {sched}, {tune.search_alg} search, "
             f"up to {concurrency} at once ({train.scaling.num_workers} worker(s) each{budget})")
 

@@ -71,7 +71,8 @@ class SendControllerHandle(UserCallback):
             self._sent = True
 
 
-def run_trial(config: dict[str, Any], *, train_json: dict[str, Any], runs_path: str) -> None:
+def run_trial(config: dict[str, Any], *, train_json: dict[str, Any], runs_path: str,
+              data_root: str | None = None) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.util.queue import Queue
@@ -83,7 +84,7 @@ def run_trial(config: dict[str, Any], *, train_json: dict[str, Any], runs_path: 
     name = run_name(tune.get_context().get_trial_id())
     _link = link = _RunLink(mailbox=Queue(maxsize=1, actor_options={"num_cpus": 0}))
     try:
-        fit(train, storage_path=runs_path, name=name,
+        fit(train, storage_path=runs_path, name=name, data_root=data_root, verbose=False,  # the sweep speaks for it
             callbacks=[SendControllerHandle(link.mailbox), TuneReportCallback()])
     except Exception:
         if link.stopping.is_set():

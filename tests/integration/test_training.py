@@ -173,6 +173,11 @@ def test_rerun_with_same_name_resumes(ray_cluster, tmp_path):
     second = _fit(spec, tmp_path, name="resumable")
     assert second.final.resumed_from_step == 20
     assert second.final.step == 40
+    # The data was prepared once (trainers/prepared.py): the rerun tokenized nothing.
+    prepared = list((tmp_path / "results" / "prepared").glob("*/builds/*.json"))
+    assert len(prepared) == 1, prepared
+    # Each round reports the run's fixed cost by stage.
+    assert second.final.setup_model_s > 0 and second.final.setup_deepspeed_s > 0 and second.final.setup_worker_s > 0
 
 
 def test_worker_killed_mid_run_resumes_from_latest_checkpoint(ray_cluster, tmp_path):

@@ -215,6 +215,9 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_cluster, ti
         assert (exp / f"trial_{t}" / "result.json").read_text() == results_before[t]
     for r in rows:  # every trial trained to its own end (Train always keeps the latest checkpoint)
         assert (exp / "runs" / f"trial_{r['trial_id']}" / f"checkpoint_{r['schedule.max_steps']:06d}").is_dir()
+    # The sweep tokenized its data once, before its first trial; no trial and not the resume did again.
+    builds = list((exp / "prepared").glob("*/builds/*.json"))
+    assert len(builds) == 1, builds
     for t, seen in midway.items():  # the interrupted run continued from a checkpoint, not from step 0
         last = _checkpoints(exp / "runs" / f"trial_{t}")[-1]
         resumed = read_manifest(exp / "runs" / f"trial_{t}" / last).metrics["resumed_from_step"]

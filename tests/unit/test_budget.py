@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,14 @@ import pytest
 from cluster.errors import ConfigError
 from cluster.loader import load_spec
 from trainers.config import ScalingSection
-from tuning.budget import asha_work_fraction, estimate, nodes_in_use, time_budget_s
+from tuning.budget import (
+    SweepBudget,
+    asha_work_fraction,
+    estimate,
+    nodes_in_use,
+    sweep_estimate,
+    time_budget_s,
+)
 from tuning.config import SchedulerSection
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
@@ -21,9 +29,28 @@ def test_budget_reads_durations_and_node_hours():
     # 2 node-hours on 4 nodes buy 30 minutes; the smaller limit wins.
     assert time_budget_s(spec.tune, nodes=4) == 1800
     assert time_budget_s(spec.tune, nodes=1) == 5400
-    both = load_spec(QUICKSTART, ["tune.budget.wall_time=2h", "tune.time_budget_s=600"])
-    assert time_budget_s(both.tune, nodes=1) == 600
+    # tune.time_budget_s stays Tune's own limit from the start; tune.budget is counted from the first round.
+    assert time_budget_s(load_spec(QUICKSTART, ["tune.time_budget_s=600"]).tune, nodes=1) is None
     assert time_budget_s(load_spec(QUICKSTART).tune, nodes=1) is None
+
+
+def test_budget_clock_starts_at_the_first_round_and_stays_stopped():
+    import time
+
+    budget = SweepBudget(60)
+    assert not budget.stop_all()  # no round yet: start-up spends nothing, however long it takes
+    budget.started = time.monotonic() - 3600  # as if the first round came an hour before
+    assert not budget("t1", {})  # a result never stops a single trial; the clock already runs
+    assert budget.started < time.monotonic() - 3599
+    assert budget.stop_all() and budget.stop_all()  # once spent, every later pass stops every trial
+    assert budget.spent_at_stop >= 3600
+    fresh = SweepBudget(60)
+    fresh("t1", {})
+    assert not fresh.stop_all()  # the first round starts the clock now
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(budget))  # a resumed sweep (Tuner.restore) starts its clock again
+    assert restored.started is None and not restored.stop_all() and restored.seconds == 60
 
 
 @pytest.mark.parametrize("bad", ["2 hours", "soon", "-5", "0"])
@@ -66,3 +93,53 @@ def test_estimate_from_measured_throughput():
     asha = estimate(trials=4, concurrency=2, total_steps=120, global_batch=32, samples_per_s=16.0, rounds=6,
                     scheduler=SchedulerSection(), nodes=1)
     assert 240 <= asha.wall_s < e.wall_s  # ASHA stops some trials early; the longest still runs in full
+
+
+def test_estimate_over_configurations_of_different_cost():
+    # Two configurations, 100 s and 300 s per trial, 4 trials, 2 at a time, no early stopping.
+    e = sweep_estimate(trial_times=[100.0, 300.0], trials=4, concurrency=2, rounds=5,
+                       scheduler=SchedulerSection(type="none"), nodes=3)
+    assert e.trial_s == 300  # the longest trial bounds the sweep from below
+    assert e.wall_s == pytest.approx(4 * 200 / 2) and e.node_hours == pytest.approx(400 * 3 / 3600)
+
+
+# --- the calibration's arithmetic (tuning/calibrate.py; the measured runs: tests/integration) --------
+
+
+def test_calibration_picks_the_smallest_and_largest_configuration_by_compute():
+    from tuning.calibrate import configs, total_steps
+
+    spec = load_spec(QUICKSTART, [
+        "tune.search_space={optim.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}, "
+        "schedule.micro_batch_size: {type: grid, values: [8, 32]}, lora.enabled: {type: choice, values: [true, false]}}",
+    ])
+    found = configs(spec.tune, spec.train)
+    assert len(found) == 2 * 2 * 2  # range ends x grid values x choices
+    smallest, largest = min(found, key=lambda c: c.work), max(found, key=lambda c: c.work)
+    assert "micro_batch_size=8" in smallest.label and "lora.enabled=True" in smallest.label
+    assert "micro_batch_size=32" in largest.label and "lora.enabled=False" in largest.label
+    # Full fine-tuning also computes weight gradients: more work per token than LoRA, never 3x as much.
+    lora = next(c for c in found if c.label.endswith("micro_batch_size=8, lora.enabled=True"))
+    full = next(c for c in found if c.label.endswith("micro_batch_size=8, lora.enabled=False"))
+    assert lora.work < full.work < 1.5 * lora.work
+    # The loop's count: ceil(rows / workers) per rank, ceil(/ micro batch) batches, // accumulation, x epochs.
+    train = spec.train.model_copy(update={"schedule": spec.train.schedule.model_copy(
+        update={"epochs": 3, "max_steps": None, "micro_batch_size": 8, "gradient_accumulation_steps": 2})})
+    workers = train.scaling.num_workers
+    assert total_steps(train, 100 * workers) == 3 * (math.ceil(100 / 8) // 2)
+
+
+def test_step_time_interpolates_between_the_measured_points():
+    from tuning.calibrate import Config, Measured, step_time
+
+    def point(work, step_s):
+        return Measured(config=Config(label=str(work), train=None, work=work), step_s=step_s, setup_s=10.0)
+
+    small, large = point(100.0, 1.0), point(300.0, 2.0)
+    assert step_time(100.0, small, large) == pytest.approx(1.0)
+    assert step_time(200.0, small, large) == pytest.approx(1.5)
+    assert step_time(300.0, small, large) == pytest.approx(2.0)
+    same = point(100.0, 1.0)
+    assert step_time(100.0, same, same) == pytest.approx(1.0)  # one configuration: its own rate
+    noisy = point(300.0, 0.9)  # the larger one measured faster (noise): proportional, at the slower rate
+    assert step_time(300.0, small, noisy) == pytest.approx(3.0)

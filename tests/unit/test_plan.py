@@ -228,14 +228,15 @@ SMOKE = ROOT / "examples" / "smoke.yaml"
 TOO_BIG = ["train.schedule.micro_batch_size=4096", "train.data.max_length=512"]
 
 
-@pytest.mark.parametrize("command", ["train", "run"])
+@pytest.mark.parametrize("command", ["train", "tune", "run"])
 def test_launch_stops_a_job_that_cannot_fit_before_ray_starts(tmp_path, command):
     import os
     import subprocess
     import sys
 
     env = dict(os.environ, RAY_TMPDIR=str(tmp_path / "ray"))  # an embedded Ray would create it
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", command, str(SMOKE), *TOO_BIG,
+    sweep = ["tune={search_space: {optim.lr: {type: grid, values: [1.0e-4, 1.0e-3]}}}"] if command == "tune" else []
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", command, str(SMOKE), *TOO_BIG, *sweep,
                         f"cluster.storage_path={tmp_path / 'results'}", *(["--exit"] if command == "run" else [])],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -296,3 +297,58 @@ def test_trials_at_once_are_limited_by_memory():
     count, note = plan_concurrency(scaling, 10, total, nodes, by_memory=6)
     assert count == 6 and "tune.max_concurrent_trials is 10" in note
     assert plan_concurrency(scaling, 4, total, nodes, by_memory=6) == (4, None)
+
+
+@pytest.mark.parametrize("over,field", [
+    (["train.model.name_or_path=nobody-here/no-such-model"], "train.model.name_or_path: cannot read the config.json"),
+    (["cluster.worker_types.gpu.memory_gb=null"], "cluster.worker_types.gpu.memory_gb: missing"),
+    (["cluster.worker_types.gpu.gpus=0", "cluster.worker_types.gpu.gpu_memory_gb=null"],
+     "add GPU workers under cluster.worker_types"),  # the spec's own cross-check, before the plan
+])
+def test_plan_command_answers_bad_input_with_exit_2_and_the_field(capsys, over, field):
+    from cluster.cli import main
+
+    assert main(["plan", str(LLAMA), *over]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err
+
+
+def test_plan_command_prints_the_table_and_exits_0(capsys):
+    import warnings
+
+    from cluster.cli import main
+    from trainers import memory
+
+    memory._COUNTS.clear()  # build the meta model again, where transformers warns
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["plan", str(LLAMA)]) == 0
+    out = capsys.readouterr().out
+    assert "* ZeRO-3 +opt+param" in out and "recommendation: ZeRO-3" in out
+    # transformers' deprecation notes stay out of the user's terminal
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)], [str(w.message) for w in seen]
+
+
+def test_plan_calibrate_flag_reaches_the_command():
+    from cluster.cli import parse_args
+    from cluster.plan import cmd_plan
+
+    args = parse_args(["plan", str(LLAMA), "--calibrate", "train.schedule.micro_batch_size=2"])
+    assert args.calibrate and args.overrides == ["train.schedule.micro_batch_size=2"] and args.func is cmd_plan
+    assert not parse_args(["plan", str(LLAMA)]).calibrate  # the plain plan starts no Ray
+
+
+def test_each_known_trap_is_named():
+    bert = ROOT / "examples" / "bert-zero2-gpu.yaml"
+
+    def warnings_of(path, over):
+        return " | ".join(build_plan(load_spec(path, over)).warnings)
+
+    # roberta-base fits a 22.5 GiB GPU unsharded: ZeRO-2 only adds partitioning and collectives.
+    assert "plain data parallelism (zero_stage 0)" in warnings_of(bert, [])
+    assert "ZeRO-3 with LoRA" in warnings_of(bert, ["train.lora.enabled=true", "train.deepspeed.zero_stage=3"])
+    assert "nothing to shard" in warnings_of(SMOKE, ["train.scaling.num_workers=1", "train.deepspeed.zero_stage=2"])
+    # Full fine-tuning of 8B with the optimizer offloaded: 16 bytes x 8B / 4 workers of host RAM on a 16 GiB node.
+    text = warnings_of(LLAMA, ["train.lora.enabled=false", "train.deepspeed.offload_params=false",
+                               "cluster.worker_types.gpu.memory_gb=16"])
+    assert "offload needs" in text and "of host RAM per worker" in text

@@ -74,10 +74,20 @@ def test_param_space_has_one_flat_key_per_path():
     tune = TuneSection.model_validate({"search_space": {
         "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
         "lora.r": {"type": "grid", "values": [4, 16]},
-    }})
+    }, "trial_order": "grid"})
     space = param_space(tune)
     assert list(space) == ["optim.lr", "lora.r"]
     assert space["lora.r"] == {"grid_search": [4, 16]}
+
+
+def test_grid_values_are_shuffled_by_default_the_same_way_every_time():
+    values = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+    doc = {"search_space": {"optim.lr": {"type": "grid", "values": values}, "lora.r": {"type": "grid", "values": [4, 8, 16, 32]}}}
+    shuffled = param_space(TuneSection.model_validate(doc))
+    assert shuffled == param_space(TuneSection.model_validate(doc))  # seeded: a resumed sweep sees the same
+    lrs = shuffled["optim.lr"]["grid_search"]
+    assert sorted(lrs) == values and lrs != values and lrs[0] != min(values)
+    assert sorted(shuffled["lora.r"]["grid_search"]) == [4, 8, 16, 32]
 
 
 def test_apply_values_revalidates_and_accepts_numpy_scalars():
@@ -97,8 +107,10 @@ def test_optuna_cannot_take_grids():
 
 
 def test_asha_max_t_must_cover_the_grace_period():
-    with pytest.raises(ValidationError, match="max_t must be at least grace_period"):
-        TuneSection.model_validate({"scheduler": {"grace_period": 3, "max_t": 2}})
+    for max_t in (2, 3):  # grace_period >= max_t: no trial could ever be stopped
+        with pytest.raises(ValidationError, match="max_t must be above grace_period, or no trial can stop early"):
+            TuneSection.model_validate({"scheduler": {"grace_period": 3, "max_t": max_t}})
+    TuneSection.model_validate({"scheduler": {"type": "none", "grace_period": 3, "max_t": 3}})
 
 
 def test_optuna_chosen_but_missing_is_a_clear_error(monkeypatch):
@@ -150,3 +162,15 @@ def test_metric_and_mode_default_to_train_or_follow_the_metric_name():
     assert TuneSection(metric="eval_loss").resolved_mode(TRAIN) == "min"  # not train's "max"
     assert TuneSection(metric="eval_accuracy").resolved_mode(TRAIN) == "max"
     assert TuneSection(metric="eval_loss", mode="max").resolved_mode(TRAIN) == "max"
+
+
+def test_a_scheduler_that_can_stop_nothing_is_refused_at_load_time():
+    from tuning.search_space import check_search_space
+
+    train = TrainSection.model_validate({**TRAIN.model_dump(), "schedule": {"max_steps": 30, "eval_every_steps": 10}})
+    few = TuneSection.model_validate({"scheduler": {"grace_period": 3}})  # 3 rounds, all within the grace period
+    [problem] = check_search_space(few, train)
+    assert problem.startswith("tune.scheduler.grace_period: every trial ends after 3 evaluation round(s)")
+    assert "Lower grace_period below 3" in problem and "tune.scheduler.type: none" in problem
+    assert check_search_space(TuneSection.model_validate({"scheduler": {"grace_period": 2}}), train) == []
+    assert check_search_space(TuneSection.model_validate({"scheduler": {"type": "none", "grace_period": 3}}), train) == []
