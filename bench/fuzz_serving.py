@@ -1,7 +1,7 @@
 """Hostile-input and fault figures for the served endpoint: schemathesis with many examples against
 each app's own OpenAPI document, and one of two replicas killed under load.
 
-Usage (starts a local Ray: on a shared machine, wrap it in `flock /tmp/zerotune-ray.lock`):
+Usage (starts a local Ray; one Ray per machine):
     .venv/bin/python bench/fuzz_serving.py                  # 300 examples per operation and mode
     .venv/bin/python bench/fuzz_serving.py --examples 100   # shorter run
 writes bench/results/fuzz_serving.{json,md}.

@@ -15,10 +15,10 @@ fixed seconds per trial and seconds per evaluation round (a least-squares line o
 with the fixed part split into the stages the workers report (RoundReport.setup_*_s).
 Targets: best >= 0.99x the grid's on average (never below 0.97x), trial-seconds <= 0.5x.
 
-Usage (the full bench, about 45 minutes on 2 cores; hold the machine's Ray lock):
-    flock /tmp/zerotune-ray.lock .venv/bin/python bench/tune_efficiency.py
+Usage (the full bench, about 45 minutes on 2 cores; starts a local Ray, one per machine):
+    .venv/bin/python bench/tune_efficiency.py
 A quick check that it runs (a few minutes; writes elsewhere):
-    flock /tmp/zerotune-ray.lock .venv/bin/python bench/tune_efficiency.py --seeds 0 --lrs 1e-3 3e-3 \
+    .venv/bin/python bench/tune_efficiency.py --seeds 0 --lrs 1e-3 3e-3 \
         --ranks 4 --train-samples 160 --eval-samples 40 --out /tmp/tune-bench
 Writes <out>/tune_efficiency.{json,md} (default bench/results/).
 """
