@@ -79,7 +79,8 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
         say(f"{name}: {train.model.task} on {rows['train']} train / {rows['validation']} "
             f"validation rows; {s.num_workers} worker(s), ZeRO-{train.deepspeed.zero_stage}, "
             f"global batch {train.global_batch_size}" + (f", labels {labels}" if labels else ""))
-        say(f"data {'reused' if data.reused else 'prepared'} at {data.location}"
+    if verbose or not data.reused:  # a trial that had to prepare its own data (model.* or data.* searched) says so
+        say(f"{name}: data {'reused' if data.reused else 'prepared'} at {data.location}"
             + ("" if data.reused else f" ({data.manifest.seconds:.1f}s)"))
     tensorboard = str(storage.join(name, "tensorboard"))
     storage_path, storage_fs = storage.for_ray()
