@@ -523,9 +523,7 @@ def calibrate_spec(spec: ExperimentSpec) -> list[str]:
     steps of the smallest and largest configuration on the spec's cluster (tuning/calibrate.py)."""
     import ray
 
-    from trainers.data import load_splits
     from trainers.launch import resolve_storage
-    from trainers.tasks import get_task
     from tuning.budget import nodes_in_use, time_budget_s
     from tuning.calibrate import calibrate
     from tuning.concurrency import plan_concurrency
@@ -536,7 +534,6 @@ def calibrate_spec(spec: ExperimentSpec) -> list[str]:
     plan = launch_check(spec)  # the largest trial must fit before it is measured
     resolve_storage(spec.cluster.storage_path)
     train, tune = spec.train, spec.tune
-    rows = len(load_splits(train.data, get_task(train.model.task), train.model.labels).train)
     print(f"[zerotune] {connect(spec.cluster)}", flush=True)
     alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if tune is not None:
@@ -545,6 +542,6 @@ def calibrate_spec(spec: ExperimentSpec) -> list[str]:
     else:
         concurrency = 1
     nodes = nodes_in_use(train.scaling, concurrency, alive)
-    result = calibrate(tune, train, storage_path=spec.cluster.storage_path, name=spec.name, train_rows=rows,
+    result = calibrate(tune, train, storage_path=spec.cluster.storage_path, name=spec.name,
                        concurrency=concurrency, nodes=nodes, trials=num_trials(tune) if tune else 1)
     return result.lines(time_budget_s(tune, nodes) if tune else None, nodes)

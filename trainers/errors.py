@@ -74,3 +74,10 @@ def _bracket(left: str, items: list[str], total: int, right: str, room: int) -> 
     if not items and total:
         more = f"... ({total} items)"
     return left + ", ".join(items) + more + right
+
+
+def diverged_message(loss: object, step: object, lr: float | None) -> str:
+    """What a diverged run tells the user (fit()'s error, and the sweep's line for a trial)."""
+    now = f" (now {lr:g})" if lr is not None else ""
+    return (f"training diverged: the loss was {loss} at step {step}. Lower train.optim.lr{now}, add warmup "
+            "(train.schedule.warmup_ratio) or gradient clipping (train.optim.grad_clip).")

@@ -11,16 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import DIVERGED
-from .config import TrainSection, with_values
+from .config import TrainSection
 from .console import say
-from .data import Splits, load_splits
-from .errors import UserError
+from .errors import UserError, diverged_message
 from .loop import WorkerConfig, train_loop
-from .model import load_tokenizer, resolve_model_path
-from .prepared import given_labels, prepare_data
+from .prepared import prepare_data
 from .rounds import RoundReport
 from .storage import Location, StorageError
-from .tasks import get_task
 
 
 class TrainingDivergedError(UserError):
@@ -34,18 +31,6 @@ class FitResult:
     best_checkpoint: str | None
     latest_checkpoint: str | None
     best: RoundReport | None = None  # the round of best_checkpoint
-
-
-def prepare(train: TrainSection) -> tuple[TrainSection, Splits]:
-    """Check model, data and labels on the driver; return the spec with its labels resolved."""
-    base_path = resolve_model_path(train.model.name_or_path)
-    task = get_task(train.model.task)
-    splits = load_splits(train.data, task, given_labels(train))
-    tokenizer = load_tokenizer(base_path, trust_remote_code=train.model.trust_remote_code,
-                               revision=train.model.revision)
-    # Encode a few rows here so tokenizer problems (no chat template, ...) surface before workers start.
-    task.encode(splits.train[:8], tokenizer, train.data, splits.labels)
-    return with_values(train, {"model.labels": splits.labels}), splits
 
 
 def resolve_storage(storage_path: str | Location) -> Location:
@@ -105,11 +90,7 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
     result = trainer.fit()
     final = RoundReport.from_ray(result.metrics) if result.metrics else None
     if final is not None and final.diverged:
-        raise TrainingDivergedError(
-            f"training diverged: the loss was {final.train_loss} at step {final.step}. "
-            f"Lower train.optim.lr (now {train.optim.lr:g}), add warmup (train.schedule.warmup_ratio) "
-            "or gradient clipping (train.optim.grad_clip)."
-        )
+        raise TrainingDivergedError(diverged_message(final.train_loss, final.step, train.optim.lr))
     best_path, best = _best_checkpoint(result, train)
     # Ray reports paths on the storage filesystem (bucket/prefix/..., no scheme): make them URIs again.
     return FitResult(

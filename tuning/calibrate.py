@@ -123,9 +123,11 @@ def measure(config: Config, *, storage_path: str, name: str, steps: int = STEPS)
     return Measured(config=config, step_s=step_s, setup_s=setup)
 
 
-def calibrate(tune: TuneSection | None, train: TrainSection, *, storage_path: str, name: str, train_rows: int,
+def calibrate(tune: TuneSection | None, train: TrainSection, *, storage_path: str, name: str,
               concurrency: int, nodes: int, trials: int) -> Calibration:
     """Measure the smallest and largest configuration, then estimate the whole sweep."""
+    from trainers.prepared import prepare_data
+
     from .config import SchedulerSection
 
     all_configs = configs(tune, train)
@@ -133,9 +135,11 @@ def calibrate(tune: TuneSection | None, train: TrainSection, *, storage_path: st
     largest = max(all_configs, key=lambda c: c.work)
     say(f"calibrating {name}: {STEPS} steps of the smallest configuration ({smallest.label})"
         + (f" and of the largest ({largest.label})" if largest is not smallest else ""))
-    runs = str(Location.parse(storage_path).join(name, "calibration"))  # beside the sweep, out of its way
-    small = measure(smallest, storage_path=runs, name="smallest")
-    large = small if largest is smallest else measure(largest, storage_path=runs, name="largest")
+    runs = Location.parse(storage_path).join(name, "calibration")  # beside the sweep, out of its way
+    # Prepared where the runs' fit() looks for it (<runs>/prepared), so they reuse it.
+    train_rows = prepare_data(train, runs.join("prepared"))[1].manifest.rows["train"]
+    small = measure(smallest, storage_path=str(runs), name="smallest")
+    large = small if largest is smallest else measure(largest, storage_path=str(runs), name="largest")
     setup = max(small.setup_s, large.setup_s)
     times: dict[str, float] = {}
     rounds: list[int] = []

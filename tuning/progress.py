@@ -26,6 +26,7 @@ from ray.tune import Callback
 
 from trainers import console
 from trainers.console import say
+from trainers.errors import diverged_message
 
 from .records import ENDED
 from .trial import run_name
@@ -259,10 +260,8 @@ class SweepProgress(Callback):
             self._diverged.add(trial.trial_id)
             t.status = "failed"
             lr = trial.config.get("optim.lr")
-            self._note(f"trial {_short(trial.trial_id)} failed: training diverged: the loss was "
-                       f"{result.get('train_loss')} at step {result.get('step')}. Lower train.optim.lr"
-                       f"{f' (now {lr:g})' if isinstance(lr, (int, float)) else ''}, add warmup "
-                       "(train.schedule.warmup_ratio) or gradient clipping (train.optim.grad_clip).")
+            self._note(f"trial {_short(trial.trial_id)} failed: " + diverged_message(
+                result.get("train_loss"), result.get("step"), lr if isinstance(lr, (int, float)) else None))
         value = result.get(self.metric)
         t.rounds = int(result.get("training_iteration") or t.rounds)
         if isinstance(result.get("step"), int):

@@ -10,8 +10,9 @@ from tests.tiny import make_model, ner_rows, sentiment_rows, write_csv, write_js
 from trainers.config import DataSection, TrainSection
 from trainers.data import load_splits
 from trainers.errors import DataError, ModelNotFoundError
-from trainers.launch import StorageError, prepare, resolve_storage
+from trainers.launch import StorageError, resolve_storage
 from trainers.model import resolve_model_path
+from trainers.prepared import prepare_data
 from trainers.tasks import get_task
 
 SEQ = get_task("sequence-classification")
@@ -85,8 +86,8 @@ def test_prepare_resolves_labels_before_workers_start(tmp_path):
     path = write_csv(tmp_path / "d.csv", sentiment_rows(40))
     spec = TrainSection.model_validate({"model": {"name_or_path": model, "task": "sequence-classification"},
                                         "data": {"train": path}})
-    resolved, splits = prepare(spec)
-    assert resolved.model.labels == ["neg", "pos"] == splits.labels
+    resolved, data = prepare_data(spec, tmp_path / "prepared")
+    assert resolved.model.labels == ["neg", "pos"] == data.manifest.labels
 
 
 def test_chat_messages_need_a_chat_template(tmp_path):
@@ -102,7 +103,7 @@ def test_chat_messages_need_a_chat_template(tmp_path):
     spec = TrainSection.model_validate({"model": {"name_or_path": model, "task": "causal-lm"},
                                         "data": {"train": path, "messages_column": "messages"}})
     with pytest.raises(DataError, match="no chat template"):
-        prepare(spec)
+        prepare_data(spec, tmp_path / "prepared")
 
 
 def test_unwritable_storage_fails_before_training(tmp_path):
