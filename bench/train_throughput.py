@@ -8,6 +8,7 @@ per process, AdamW, gradient clipping 1.0, fp32 on this machine's 2 cores:
   - DeepSpeed, no Ray:    deepspeed.initialize with zerotune's rendered config in plain processes
                           (1 x 2 threads, and 2 x 1 thread over gloo)
   - zerotune:             fit() with 1 worker x 2 CPUs (ZeRO-2), and 2 workers x 1 CPU (ZeRO-0, 2, 3)
+  - zerotune DDP:         fit() with `train.engine: ddp` (torch DDP, no DeepSpeed), 1 x 2 CPUs and 2 x 1 CPU
 Every row runs --repeats times, interleaved (row A, B, C, ..., then A, B, C, ... again), each in fresh
 processes; the table gives the median samples/s with its spread (min-max), and the ratios come from
 medians. Samples/s is steady state: baselines time --steps steps after --warmup; zerotune reports the
@@ -41,14 +42,19 @@ ZT1 = "zerotune ZeRO-2, 1 worker x 2 CPUs"
 ZT2 = "zerotune ZeRO-2, 2 workers x 1 CPU"
 ZT0 = "zerotune ZeRO-0, 2 workers x 1 CPU"
 ZT3 = "zerotune ZeRO-3, 2 workers x 1 CPU"
-# label -> (kind, ZeRO stage, processes, threads (CPUs) per process)
+ZTD1 = "zerotune DDP, 1 worker x 2 CPUs"
+ZTD2 = "zerotune DDP, 2 workers x 1 CPU"
+# label -> (kind, ZeRO stage, processes, threads (CPUs) per process); zerotune-ddp: train.engine ddp
 ROWS = {PLAIN: ("plain", 0, 1, 2), DDP: ("ddp", 0, 2, 1), DS1: ("deepspeed", 2, 1, 2), DS2: ("deepspeed", 2, 2, 1),
         ZT1: ("zerotune", 2, 1, 2), ZT2: ("zerotune", 2, 2, 1), ZT0: ("zerotune", 0, 2, 1),
-        ZT3: ("zerotune", 3, 2, 1)}
+        ZT3: ("zerotune", 3, 2, 1), ZTD1: ("zerotune-ddp", 0, 1, 2), ZTD2: ("zerotune-ddp", 0, 2, 1)}
 TARGETS = {  # ratio name -> (numerator, denominator, target)
-    "zerotune 1 worker / plain": (ZT1, PLAIN, ">= 0.95"),
-    "zerotune 2 workers / plain": (ZT2, PLAIN, ">= 0.85"),
-    "zerotune 2 workers / plain DDP": (ZT2, DDP, ">= 0.95"),
+    "zerotune DDP 1 worker / plain": (ZTD1, PLAIN, ">= 0.95"),
+    "zerotune DDP 2 workers / plain": (ZTD2, PLAIN, ">= 0.85"),
+    "zerotune DDP 2 workers / plain DDP": (ZTD2, DDP, ">= 0.95"),
+    "zerotune 1 worker / plain": (ZT1, PLAIN, ">= 0.95 (ZeRO-2; engine ddp is the fast path)"),
+    "zerotune 2 workers / plain": (ZT2, PLAIN, ">= 0.85 (ZeRO-2)"),
+    "zerotune 2 workers / plain DDP": (ZT2, DDP, ">= 0.95 (ZeRO-2)"),
     "DeepSpeed no Ray 1 process / plain": (DS1, PLAIN, "(DeepSpeed's own cost)"),
     "zerotune 1 worker / DeepSpeed no Ray 1 process": (ZT1, DS1, "(Ray's + zerotune's cost)"),
     "DeepSpeed no Ray 2 processes / plain DDP": (DS2, DDP, "(DeepSpeed's own cost)"),
@@ -56,17 +62,19 @@ TARGETS = {  # ratio name -> (numerator, denominator, target)
 }
 
 
-def train_spec(zero: int, workers: int, cpus: float, steps: int, eval_every: int | None = None):
+def train_spec(zero: int, workers: int, cpus: float, steps: int, eval_every: int | None = None,
+               engine: str = "deepspeed"):
     from trainers.config import TrainSection
 
     return TrainSection.model_validate({
+        "engine": engine,
         "model": {"name_or_path": MODEL, "task": "sequence-classification", "labels": LABELS},
         "data": {"train": TWEETS, "label_column": "sentiment", "max_length": 64, "validation_fraction": 0.02,
                  "max_train_samples": BATCH * workers * steps, "max_eval_samples": 32},
         "optim": {"lr": 5e-5, "grad_clip": 1.0},
         "schedule": {"max_steps": steps, "micro_batch_size": BATCH, "eval_every_steps": eval_every,
                      "log_every_steps": 10},
-        "deepspeed": {"zero_stage": zero},
+        "deepspeed": {"zero_stage": zero} if engine == "deepspeed" else {},
         "scaling": {"num_workers": workers, "cpus_per_worker": cpus, "max_failures": 0, "keep_checkpoints": 1},
     })
 
@@ -168,13 +176,15 @@ def baseline_run(kind: str, zero: int, world: int, threads: int, steps: int, war
             "optimizer_state_mb": results[0]["optimizer_state_mb"]}
 
 
-def zerotune_run(zero: int, workers: int, cpus: float, steps: int, storage: str, n: int) -> dict:
+def zerotune_run(zero: int, workers: int, cpus: float, steps: int, storage: str, n: int,
+                 engine: str = "deepspeed") -> dict:
     from trainers.launch import fit
 
     # Two rounds of `steps`: the last round's window is the steady state (its first round took the
     # startup and warm-up; evaluation and checkpoint sit between the windows).
-    result = fit(train_spec(zero, workers, cpus, 2 * steps, eval_every=steps), storage_path=storage,
-                 name=f"bench-z{zero}-w{workers}-{n}", verbose=False)
+    spec = train_spec(zero, workers, cpus, 2 * steps, eval_every=steps, engine=engine)
+    name = f"bench-{'ddp' if engine == 'ddp' else f'z{zero}'}-w{workers}-{n}"
+    result = fit(spec, storage_path=storage, name=name, verbose=False)
     m = result.final
     return {"samples_per_s": m.samples_per_s, "peak_rss_mb": m.peak_memory_mb, "optimizer_state_mb": m.optimizer_state_mb}
 
@@ -232,15 +242,16 @@ def main() -> None:
 
     rows, pad_id = encoded_rows(BATCH * 2 * (args.steps + args.warmup))
     runs: dict[str, list[dict]] = {label: [] for label in args.rows}
-    if any(ROWS[r][0] == "zerotune" for r in args.rows):
+    if any(ROWS[r][0].startswith("zerotune") for r in args.rows):
         connect(ClusterSection(num_cpus=2))
     with tempfile.TemporaryDirectory() as storage:
         for n in range(args.repeats):
             for label in args.rows:
                 kind, zero, world, threads = ROWS[label]
                 t0 = time.time()
-                if kind == "zerotune":
-                    r = zerotune_run(zero, world, float(threads), args.steps, storage, n)
+                if kind.startswith("zerotune"):
+                    engine = "ddp" if kind == "zerotune-ddp" else "deepspeed"
+                    r = zerotune_run(zero, world, float(threads), args.steps, storage, n, engine=engine)
                 else:
                     r = baseline_run(kind, zero, world, threads, args.steps, args.warmup, rows, pad_id)
                 runs[label].append(r)

@@ -27,7 +27,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.file, args.overrides)
     tune = f", tune: {len(spec.tune.search_space)} searched field(s)" if spec.tune else ""
     show(f"{args.file}: OK ({spec.name}: {spec.train.model.task}, {spec.train.scaling.num_workers} worker(s), "
-          f"ZeRO-{spec.train.deepspeed.zero_stage}{', LoRA' if spec.train.lora.enabled else ''}{tune})")
+          f"{spec.train.engine_label}{', LoRA' if spec.train.lora.enabled else ''}{tune})")
     return 0
 
 

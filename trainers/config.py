@@ -165,12 +165,20 @@ class ScheduleSection(Section):
     log_every_steps: int = Field(default=10, ge=1, description="Rank 0 prints a progress line every N steps.")
 
 
+Engine = Literal["deepspeed", "ddp"]
+# zero_stage when the spec leaves it out: engine ddp keeps a full replica on every worker (ZeRO-0's memory).
+DEFAULT_ZERO_STAGE: dict[str, int] = {"deepspeed": 2, "ddp": 0}
+
+
 class DeepSpeedSection(Section):
-    zero_stage: Literal[0, 1, 2, 3] = Field(default=2, description="ZeRO stage: 0 (DDP) to 3 (shard params).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        default=DEFAULT_ZERO_STAGE["deepspeed"],
+        description="ZeRO stage: 0 (no sharding) to 3 (shard params). Default 2; 0 with engine ddp.")
     offload_optimizer: bool = Field(default=False, description="Keep optimizer state in CPU memory.")
     offload_params: bool = Field(default=False, description="Keep parameters in CPU memory (ZeRO-3 only).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto", description="'auto': fp32 on CPU, bf16 on GPUs that have it, else fp16."
+        default="auto", description="'auto': fp32 on CPU, bf16 on GPUs that have it, else fp16 (engine ddp: "
+        "else fp32; ddp runs bf16 as autocast and has no fp16)."
     )
 
     @model_validator(mode="after")
@@ -202,6 +210,14 @@ class ScalingSection(Section):
 
 
 class TrainSection(Section):
+    engine: Engine = Field(
+        default="deepspeed",
+        description="How the workers train. 'deepspeed': DeepSpeed ZeRO (stages 0-3, offload; the `deepspeed:` "
+        "section). 'ddp': torch DistributedDataParallel without DeepSpeed: a full model and its AdamW state on "
+        "every worker (ZeRO-0's memory), fp32 on CPU, bf16 autocast on GPUs that have it. Use ddp when a full "
+        "replica fits each worker (`zerotune plan`'s ZeRO-0 row): on CPU DeepSpeed costs about 30% per step "
+        "(bench/results/train_throughput.md); use deepspeed with ZeRO-2/3 (and offload) when it does not fit.",
+    )
     model: ModelSection = Field(description="What to fine-tune.")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters (off: full fine-tuning).")
     data: DataSection = Field(description="Where the data is and which columns to read.")
@@ -220,6 +236,37 @@ class TrainSection(Section):
         description="Memory check before any worker starts (`zerotune plan`): 'check' stops a run that no node "
         "type can hold (exit 2); 'warn' prints the problem and starts anyway.",
     )
+
+    @model_validator(mode="after")
+    def _engine_fits_deepspeed_section(self) -> TrainSection:
+        if self.engine != "ddp":
+            return self
+        ds = self.deepspeed
+        stage_set = "zero_stage" in ds.model_fields_set and ds.zero_stage > 0
+        asked = [f"deepspeed.zero_stage={ds.zero_stage}"] if stage_set else []
+        asked += [f"deepspeed.{k}=true" for k in ("offload_optimizer", "offload_params") if getattr(ds, k)]
+        if asked:
+            keys = " and ".join(a.split("=")[0] for a in asked)
+            raise ValueError(
+                f"engine=ddp with {' and '.join(asked)}: ZeRO sharding/offload needs engine: deepspeed. Set "
+                f"engine: deepspeed, or remove {keys}{' (zero_stage: 0 also does)' if stage_set else ''}: "
+                "ddp keeps a full model on every worker."
+            )
+        if ds.precision == "fp16":
+            raise ValueError(
+                "engine=ddp with deepspeed.precision=fp16: fp16 (with its loss scaling) needs engine: deepspeed. "
+                "ddp trains in fp32, or bf16 autocast on GPUs that have it: set precision auto, bf16 or fp32."
+            )
+        if ds.zero_stage != DEFAULT_ZERO_STAGE["ddp"]:
+            # Left out: normalised to 0, so every `zero_stage` check (memory plan, ZeRO-3 gathers) sees a full
+            # replica. A validator may set a field of the frozen model it is building.
+            object.__setattr__(self, "deepspeed", ds.model_copy(update={"zero_stage": DEFAULT_ZERO_STAGE["ddp"]}))
+        return self
+
+    @property
+    def engine_label(self) -> str:
+        """How the workers train, as the console says it: 'DDP' or 'ZeRO-<stage>'."""
+        return "DDP" if self.engine == "ddp" else f"ZeRO-{self.deepspeed.zero_stage}"
 
     @property
     def global_batch_size(self) -> int:
@@ -262,6 +309,16 @@ def with_values(section: S, values: Mapping[str, Any]) -> S:
     """A copy of a frozen section with dotted paths set, validated again as a whole (so
     cross-field rules see the new values). The one way to change a value in a spec."""
     doc = copy.deepcopy(section.model_dump(mode="json"))
+    if isinstance(section, TrainSection):
+        _stage_follows_engine(section, values, doc)
     for path, value in values.items():
         set_dotted(doc, path, value)
     return type(section).model_validate(doc)
+
+
+def _stage_follows_engine(train: TrainSection, values: Mapping[str, Any], doc: dict[str, Any]) -> None:
+    """A change of `engine` (a search over it, an override) takes a zero_stage that is the old engine's
+    default along: the dump made that default explicit, and ddp would refuse a ZeRO-2 it never asked for."""
+    if ("engine" in values and values["engine"] != train.engine and "deepspeed.zero_stage" not in values
+            and train.deepspeed.zero_stage == DEFAULT_ZERO_STAGE[train.engine]):
+        doc["deepspeed"].pop("zero_stage", None)

@@ -6,15 +6,16 @@ then builds a Ray Train v2 TorchTrainer around the per-worker loop.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import DIVERGED
+from .checkpoint import DIVERGED, STATE_DIR, TRAINER_STATE
 from .config import TrainSection
 from .console import say
 from .errors import UserError, diverged_message
-from .loop import WorkerConfig, train_loop
+from .loop import TrainerState, WorkerConfig, other_engine_message, train_loop
 from .prepared import prepare_data
 from .rounds import RoundReport
 from .storage import Location, StorageError
@@ -53,16 +54,18 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
 
     The data is prepared once (trainers/prepared.py) under `data_root` (default
     `<storage_path>/prepared`; a sweep passes its own) and reused by every run with the same data."""
+    import psutil
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     storage = resolve_storage(storage_path)
     _refuse_diverged_run(storage.join(name), name)
+    _refuse_other_engine(storage.join(name), train.engine)
     train, data = prepare_data(train, data_root if data_root is not None else storage.join("prepared"))
     s, rows, labels = train.scaling, data.manifest.rows, data.manifest.labels
     if verbose:
         say(f"{name}: {train.model.task} on {rows['train']} train / {rows['validation']} "
-            f"validation rows; {s.num_workers} worker(s), ZeRO-{train.deepspeed.zero_stage}, "
+            f"validation rows; {s.num_workers} worker(s), {train.engine_label}, "
             f"global batch {train.global_batch_size}" + (f", labels {labels}" if labels else ""))
     if verbose or not data.reused:  # a trial that had to prepare its own data (model.* or data.* searched) says so
         say(f"{name}: data {'reused' if data.reused else 'prepared'} at {data.location}"
@@ -72,8 +75,9 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop,
-        train_loop_config=WorkerConfig(train=train, tensorboard_dir=tensorboard,
-                                       data=str(data.location)).model_dump(mode="json"),
+        train_loop_config=WorkerConfig(train=train, tensorboard_dir=tensorboard, data=str(data.location),
+                                       driver_started_at=psutil.Process().create_time(),
+                                       launched_at=time.time()).model_dump(mode="json"),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -110,6 +114,16 @@ def _refuse_diverged_run(run: Location, name: str) -> None:
             f"run {name!r} diverged earlier ({marks[-1]}); resuming it would diverge again. "
             f"Fix the cause, then remove {run} or pick another run name."
         )
+
+
+def _refuse_other_engine(run: Location, engine: str) -> None:
+    """A rerun resumes from the run's latest checkpoint, whose state only the engine that wrote it
+    reads: say so here rather than in every worker, where each retry would fail the same way."""
+    latest = max((c for c in run.list() if c.startswith("checkpoint_")), default=None)
+    text = run.join(latest, STATE_DIR, TRAINER_STATE).read_text_or_none() if latest else None
+    saved = TrainerState.model_validate_json(text).engine if text else engine
+    if saved != engine:
+        raise UserError(f"run {run}: {other_engine_message(saved, engine)}")
 
 
 def _best_checkpoint(result, train: TrainSection) -> tuple[str | None, RoundReport | None]:

@@ -2,7 +2,8 @@
 setup -> fit read):
 
     setup     validate the config -> model and tokenizer -> this worker's data shard ->
-              deepspeed.initialize with the rendered config
+              the engine (`build_engine`): deepspeed.initialize with the rendered config, or
+              DDPEngine (trainers/ddp.py) for `train.engine: ddp`
     resume    continue from the latest checkpoint (a rerun, or a retry after a worker died)
     train     steps until the schedule ends; every K steps (or each epoch) `evaluate_and_report`
     evaluate_and_report
@@ -36,18 +37,20 @@ from .checkpoint import (
     load_for_inference,
     write_servable,
 )
-from .config import TrainSection
+from .config import Engine, TrainSection
 from .console import progress, say
 from .deepspeed import render_config, resolve_precision
 from .encode import collate
+from .errors import CheckpointError
 from .model import count_parameters, load_base_model, load_tokenizer, prepare_for_training, resolve_model_path
 from .prepared import load_prepared, read_rows, train_shard, validation_shard
 from .rounds import RoundReport
-from .safe_load import load_deepspeed_state
+from .safe_load import safe_torch_load
 from .tasks import IGNORE, Task, get_task
 from .tensorboard import TensorBoard
 
-DS_TAG = "ds"  # one fixed DeepSpeed tag per checkpoint directory: a checkpoint holds one state
+DS_TAG = "ds"  # one fixed engine tag per checkpoint directory: a checkpoint holds one state
+RNG_FILE = "rng_rank{rank}.pt"  # each rank's torch RNG (dropout), so a resumed run draws what it would have
 PROBE_ROWS = 4
 
 
@@ -59,6 +62,10 @@ class WorkerConfig(BaseModel):
     train: TrainSection
     tensorboard_dir: str | None = None
     data: str  # the prepared data's folder (trainers/prepared.py), a local path or a URI
+    # When the driver process started and when it launched Train (epoch seconds): with the worker's
+    # own start they split a run's (a trial's) fixed cost into driver, launch and worker stages.
+    driver_started_at: float | None = None
+    launched_at: float | None = None
 
 
 class TrainerState(BaseModel):
@@ -67,19 +74,38 @@ class TrainerState(BaseModel):
     step: int = 0
     epoch: int = 0
     micro_in_epoch: int = 0
+    engine: Engine = "deepspeed"  # which engine's state sits beside it (older checkpoints: deepspeed)
 
 
 def train_loop(config: dict) -> None:
     import psutil
 
     # A trial's fixed cost, in stages (reported with every round; bench/tune_efficiency.py prints it):
-    # the worker process's start up to here, then imports, model, data and DeepSpeed in setup().
+    # the driver's process up to launching Train, Train's controller and worker group start, the
+    # worker process's start up to here, then imports, model, data and the engine in setup().
     entered = time.time()
-    recipe = Recipe.setup(WorkerConfig.model_validate(config),
-                          setup_s={"worker": entered - psutil.Process().create_time()}, entered=entered)
+    cfg = WorkerConfig.model_validate(config)
+    recipe = Recipe.setup(cfg, setup_s=_start_stages(cfg, psutil.Process().create_time(), entered), entered=entered)
     recipe.resume()
     recipe.train()
     recipe.finish()
+
+
+def other_engine_message(saved: str, wanted: str) -> str:
+    return (f"this run was trained with engine {saved} and its checkpoint holds that engine's state; resume it "
+            f"with train.engine: {saved}, or pick another run name for engine {wanted}.")
+
+
+def _start_stages(cfg: WorkerConfig, worker_started: float, entered: float) -> dict[str, float]:
+    """Seconds from the driver's start to this worker's training loop, in stages. Clocks of different
+    nodes may disagree a little: a stage that comes out negative is reported as 0. A worker group
+    restarted after a failure reports its launch stage from the original launch (failure included)."""
+    stages = {"worker": entered - worker_started}
+    if cfg.launched_at is not None:
+        stages["launch"] = max(0.0, worker_started - cfg.launched_at)
+        if cfg.driver_started_at is not None:
+            stages["driver"] = max(0.0, cfg.launched_at - cfg.driver_started_at)
+    return stages
 
 
 @dataclass
@@ -119,7 +145,7 @@ class Recipe:
     world: int
     device: torch.device
     tokenizer: Any
-    engine: Any  # deepspeed.DeepSpeedEngine
+    engine: Any  # deepspeed.DeepSpeedEngine, or trainers.ddp.DDPEngine (the same surface)
     params: tuple[int, int]  # trainable, total
     sampler: Any  # torch DistributedSampler (set_epoch per epoch)
     loader: Any  # torch DataLoader over this rank's shard
@@ -148,7 +174,6 @@ class Recipe:
             now = time.time()
             setup_s[stage], mark[0] = now - mark[0], now
 
-        import deepspeed
         import ray.train
         import ray.train.torch
         from torch.utils.data import DataLoader, DistributedSampler
@@ -157,7 +182,6 @@ class Recipe:
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
         device = ray.train.torch.get_device()
-        on_gpu = device.type == "cuda"
         _quiet_libraries()
         set_worker_threads(train.scaling.cpus_per_worker)
         torch.manual_seed(train.data.seed)
@@ -185,23 +209,19 @@ class Recipe:
         probe_rows = read_rows(data.location, "validation", 0, PROBE_ROWS)
         val_shard = validation_shard(data, rank, world, task, probe_rows)
         sampler = DistributedSampler(train_rows, num_replicas=1, rank=0, shuffle=True, seed=train.data.seed)
+        # Its own generator: a DataLoader draws a seed from torch's global RNG per epoch, which would shift the
+        # dropout masks of a run resumed mid-epoch.
         loader = DataLoader(train_rows, batch_size=train.schedule.micro_batch_size, sampler=sampler,
-                            collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))
+                            collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
+                            generator=torch.Generator().manual_seed(train.data.seed))
         steps_per_epoch = max(1, len(loader) // train.schedule.gradient_accumulation_steps)
         total_steps = train.schedule.epochs * steps_per_epoch
         if train.schedule.max_steps:
             total_steps = min(total_steps, train.schedule.max_steps)
         lap("data")
 
-        # DeepSpeed, configured from the train and the step count computed above.
-        precision = resolve_precision(train.deepspeed.precision, on_gpu=on_gpu,
-                                      bf16_supported=on_gpu and torch.cuda.is_bf16_supported())
-        ds_config = render_config(train, world_size=world, total_steps=total_steps, precision=precision,
-                                  on_gpu=on_gpu)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
-        )
-        lap("deepspeed")
+        engine = build_engine(train, model, world=world, device=device, total_steps=total_steps)
+        lap("deepspeed")  # the engine's setup, either engine (RoundReport.setup_deepspeed_s)
         return cls(section=train, task=task, labels=labels, rank=rank, world=world, device=device, tokenizer=tokenizer,
                    engine=engine, params=params, sampler=sampler, loader=loader,
                    total_steps=total_steps, probe_rows=probe_rows, val_shard=val_shard,
@@ -217,9 +237,16 @@ class Recipe:
         if not checkpoint:
             return
         with checkpoint.as_directory() as d:
+            state_dir = Path(d) / STATE_DIR
+            state = TrainerState.model_validate_json((state_dir / TRAINER_STATE).read_text())
+            if state.engine != self.section.engine:  # fit() checks first; a checkpoint given otherwise lands here
+                raise CheckpointError(other_engine_message(state.engine, self.section.engine))
             # weights_only=True: a checkpoint in storage must never run code on every worker (safe_load.py)
-            load_deepspeed_state(self.engine, Path(d) / STATE_DIR, tag=DS_TAG)
-            self.state = TrainerState.model_validate_json((Path(d) / STATE_DIR / TRAINER_STATE).read_text())
+            loaded, _ = self.engine.load_checkpoint(str(state_dir), tag=DS_TAG)
+            if loaded is None:
+                raise CheckpointError(f"{state_dir} holds no {self.section.engine} state under tag {DS_TAG!r}")
+            self._load_rng(state_dir)
+            self.state = state
         self.resumed_from = self.state.step
         if self.rank == 0:
             say(f"resumed from step {self.state.step} (epoch {self.state.epoch})")
@@ -328,22 +355,26 @@ class Recipe:
                      logits=self.task.probe_logits(logits).tolist())
 
     def _save_and_report(self, report: RoundReport, probe: Probe) -> None:
-        import deepspeed
         import ray.train
 
         tmp = Path(tempfile.mkdtemp(prefix="zerotune-ckpt-"))
         try:
-            self.engine.save_checkpoint(str(tmp / STATE_DIR), tag=DS_TAG)  # every rank writes its own shard
+            # DeepSpeed: every rank writes its own shard; ddp: rank 0 writes the replicas' one state.
+            self.engine.save_checkpoint(str(tmp / STATE_DIR), tag=DS_TAG)
+            self._save_rng(tmp / STATE_DIR)
             if self.rank == 0:
-                (tmp / STATE_DIR / TRAINER_STATE).write_text(self.state.model_dump_json())
+                state = self.state.model_copy(update={"engine": self.section.engine})
+                (tmp / STATE_DIR / TRAINER_STATE).write_text(state.model_dump_json())
             module = self.engine.module
             write = partial(write_servable, tmp, model=module, tokenizer=self.tokenizer, train=self.section,
                             labels=self.labels, step=self.state.step, epoch=self.state.epoch,
                             metrics=report.to_ray(), params=self.params, probe=probe)
-            if self.section.deepspeed.zero_stage != 3:
+            if not (self.section.engine == "deepspeed" and self.section.deepspeed.zero_stage == 3):
                 if self.rank == 0:
                     write()
             elif self.section.lora.enabled:
+                import deepspeed
+
                 # An adapter holds only the trainable parameters (LoRA weights, the task head): gather
                 # just those (as HF Trainer's exclude_frozen_parameters); merge_on_save merges from disk.
                 trainable = [p for p in module.parameters() if p.requires_grad]
@@ -359,6 +390,20 @@ class Recipe:
                              checkpoint_dir_name=f"checkpoint_{self.state.step:06d}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _save_rng(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(self.device)} if self.on_gpu else {})}
+        torch.save(rng, state_dir / RNG_FILE.format(rank=self.rank))
+
+    def _load_rng(self, state_dir: Path) -> None:
+        path = state_dir / RNG_FILE.format(rank=self.rank)
+        if not path.is_file():  # a checkpoint from before RNG states were kept, or from more ranks
+            return
+        rng = safe_torch_load(path, allow=())
+        torch.set_rng_state(rng["cpu"])
+        if self.on_gpu and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def _report_divergence(self, loss: float) -> None:
         """Report the divergence with a marker checkpoint (Ray keeps only checkpointed metrics), ranked
@@ -392,6 +437,32 @@ class Recipe:
             self.writer.close()
         if self.rank == 0 and not self.diverged:
             say(f"done: {self.state.step} steps in {time.time() - self.started:.0f}s")
+
+
+def build_engine(train: TrainSection, model: torch.nn.Module, *, world: int, device: torch.device,
+                 total_steps: int) -> Any:
+    """The training engine the spec asks for, over the process group Ray Train set up. Both offer what
+    the loop uses: __call__, backward, step, global_steps, get_lr, module, train/eval, optimizer,
+    save_checkpoint/load_checkpoint (weights_only loads)."""
+    _quiet_deepspeed()
+    on_gpu = device.type == "cuda"
+    precision = resolve_precision(train.deepspeed.precision, on_gpu=on_gpu, engine=train.engine,
+                                  bf16_supported=on_gpu and torch.cuda.is_bf16_supported())
+    if train.engine == "ddp":
+        from .ddp import DDPEngine
+
+        return DDPEngine(model, train, total_steps=total_steps, device=device, distributed=world > 1,
+                         autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
+    import deepspeed
+
+    from .safe_load import install
+
+    ds_config = render_config(train, world_size=world, total_steps=total_steps, precision=precision, on_gpu=on_gpu)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+    )
+    install(engine)  # its load_checkpoint reads with weights_only=True (trainers/safe_load.py)
+    return engine
 
 
 def _all_mean(value: torch.Tensor, world: int) -> float:
@@ -446,12 +517,10 @@ def set_worker_threads(cpus_per_worker: float) -> int:
 
 
 def _quiet_libraries() -> None:
-    """transformers' and DeepSpeed's log levels in this worker. With `-v` (console.verbose(), from
-    ZEROTUNE_VERBOSE) they keep their own defaults; otherwise only their errors are logged and
-    transformers draws no progress bars. Either way what they print goes to the worker's output,
-    which the driver writes to the run's log file (quiet) or the terminal (-v)."""
-    import logging
-
+    """transformers' log level in this worker (DeepSpeed's: `_quiet_deepspeed`). With `-v`
+    (console.verbose(), from ZEROTUNE_VERBOSE) libraries keep their own defaults; otherwise only their
+    errors are logged and transformers draws no progress bars. Either way what they print goes to the
+    worker's output, which the driver writes to the run's log file (quiet) or the terminal (-v)."""
     import transformers
 
     from .console import verbose
@@ -460,4 +529,17 @@ def _quiet_libraries() -> None:
         return
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def _quiet_deepspeed() -> None:
+    """DeepSpeed's logger, as `_quiet_libraries`: its level is set when DeepSpeed is first imported,
+    which both engines do lazily (ddp for its schedule classes), so it is set again after that import."""
+    import logging
+
+    from .console import verbose
+
+    if verbose():
+        return
+    import deepspeed.utils.logging  # noqa: F401  (sets the level replaced here)
+
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)

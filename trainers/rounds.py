@@ -31,12 +31,15 @@ class RoundReport(BaseModel):
     samples_per_s: float = Field(default=0.0, description="Training throughput since the previous round, all ranks.")
     tokens_per_s: float = 0.0
     resumed_from_step: int = Field(default=-1, description="Step this attempt resumed from; -1: a fresh start.")
-    # A trial's fixed cost on this rank (trainers/loop.py): worker start, imports, model, data, DeepSpeed.
+    # A trial's fixed cost on this rank (trainers/loop.py): the driver up to launching Train, the Train
+    # controller and worker group start, then worker start, imports, model, data, the engine.
+    setup_driver_s: float = Field(default=0.0, description="The driver's (a trial's) process start to Train's launch.")
+    setup_launch_s: float = Field(default=0.0, description="Train's launch to this worker's process start.")
     setup_worker_s: float = Field(default=0.0, description="Worker process start to the training loop.")
     setup_imports_s: float = 0.0
     setup_model_s: float = Field(default=0.0, description="Tokenizer and model loaded, LoRA applied.")
     setup_data_s: float = Field(default=0.0, description="This rank's shard read from the prepared data.")
-    setup_deepspeed_s: float = 0.0
+    setup_deepspeed_s: float = Field(default=0.0, description="The engine's setup (DeepSpeed's or DDP's).")
     diverged: bool = Field(default=False, description="The loss stopped being finite; the run stopped here.")
     eval: dict[str, float] = Field(default_factory=dict, description="Validation metrics, eval_<name>.")
 

@@ -1,16 +1,19 @@
-"""Resume without running code from storage: DeepSpeed state read with `torch.load(weights_only=True)`.
+"""Resume without running code from storage: checkpoint state read with `torch.load(weights_only=True)`.
 
 DeepSpeed 0.19's TorchCheckpointEngine reads every rank's state with `weights_only=False`, so
 anyone who can write to a run's storage could make every worker execute code on resume or retry.
 `install(engine)` swaps in `SafeCheckpointEngine`, which refuses every global but tensors,
 containers and the few DeepSpeed types its own state holds (found by saving ZeRO-0/1/2/3 state
 with DeepSpeed's own engine and listing `torch.serialization.get_unsafe_globals_in_checkpoint`).
+Engine ddp's state (trainers/ddp.py) and the loop's RNG states are plain tensors and containers:
+`safe_torch_load(path, allow=())` reads them without importing DeepSpeed.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -32,10 +35,10 @@ def deepspeed_state_globals() -> list:
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
-def safe_torch_load(path: str | Path, map_location=None):
-    """torch.load with weights_only=True and DeepSpeed's state types allowed; UnsafeCheckpointError
-    (naming the file and what it tried to load) for anything else."""
-    with torch.serialization.safe_globals(deepspeed_state_globals()):
+def safe_torch_load(path: str | Path, map_location=None, allow: Sequence | None = None):
+    """torch.load with weights_only=True and the types in `allow` (default: DeepSpeed's state types)
+    allowed; UnsafeCheckpointError (naming the file and what it tried to load) for anything else."""
+    with torch.serialization.safe_globals(list(deepspeed_state_globals() if allow is None else allow)):
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as err:

@@ -2,7 +2,7 @@
 
 Each task x {full, LoRA} run learns its synthetic task and leaves a checkpoint that plain
 transformers (peft for adapters) loads with the same outputs as the live model; together the runs
-cover ZeRO stages 0, 2 and 3.
+cover ZeRO stages 0, 2 and 3 and engine ddp (torch DDP, no DeepSpeed).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ray.train import UserCallback
 
 from tests.tiny import (
     VOCAB,
@@ -28,6 +29,7 @@ from tests.tiny import (
 )
 from trainers.checkpoint import MODEL_DIR, load_for_inference, read_manifest, read_probe
 from trainers.config import TrainSection, with_values
+from trainers.rounds import RoundReport
 from trainers.tasks import get_task
 
 pytestmark = pytest.mark.integration
@@ -39,19 +41,20 @@ TASKS = {
 }
 
 
-def _spec(tmp: Path, task: str, *, lora: bool = False, zero: int = 2, steps: int = 60, lr: float = 3e-3,
-          **extra) -> TrainSection:
+def _spec(tmp: Path, task: str, *, lora: bool = False, zero: int | None = 2, steps: int = 60, lr: float = 3e-3,
+          engine: str = "deepspeed", **extra) -> TrainSection:
     arch, rows, write, name = TASKS[task]
     model = make_model(tmp / f"model-{task}", task, arch)
     data = write(tmp / name, rows(480))
     doc = {
+        "engine": engine,
         "model": {"name_or_path": model, "task": task},
         "lora": {"enabled": lora, "r": 8},
         "data": {"train": data, "validation_fraction": 0.2, "max_length": 24},
         "optim": {"lr": lr},
         "schedule": {"epochs": 100, "max_steps": steps, "micro_batch_size": 16, "eval_every_steps": 20,
                      "log_every_steps": 20},
-        "deepspeed": {"zero_stage": zero},
+        "deepspeed": {} if zero is None else {"zero_stage": zero},
         "scaling": {"num_workers": 2, "max_failures": 0},
     }
     for path, value in extra.items():
@@ -121,11 +124,17 @@ def _reload_matches_probe(ckpt: str, task: str) -> None:
         ("token-classification", True, 0, 2e-2, 120),
         ("causal-lm", False, 3, 3e-3, 60),
         ("causal-lm", True, 2, 2e-2, 120),
+        # engine ddp: a frozen base with a trained head beside the adapters, and GPT-2's tied embeddings
+        ("token-classification", True, "ddp", 2e-2, 120),
+        ("causal-lm", False, "ddp", 3e-3, 60),
     ],
-    ids=["cls-full-z0", "cls-lora-z3", "ner-full-z2", "ner-lora-z0", "lm-full-z3", "lm-lora-z2"],
+    ids=["cls-full-z0", "cls-lora-z3", "ner-full-z2", "ner-lora-z0", "lm-full-z3", "lm-lora-z2", "ner-lora-ddp",
+         "lm-full-ddp"],
 )
 def test_task_learns_and_checkpoint_reloads(ray_cluster, tmp_path, task, lora, zero, lr, steps):
-    spec = _spec(tmp_path, task, lora=lora, zero=zero, lr=lr, steps=steps)
+    engine = "ddp" if zero == "ddp" else "deepspeed"
+    spec = _spec(tmp_path, task, lora=lora, zero=None if engine == "ddp" else zero, lr=lr, steps=steps, engine=engine)
+    assert spec.deepspeed.zero_stage == (0 if engine == "ddp" else zero)
     if lora and task == "causal-lm":  # LoRA adapts a base that can already copy other words
         pretrain_copy_lm(Path(spec.model.name_or_path))
     result = _fit(spec, tmp_path)
@@ -178,6 +187,61 @@ def test_rerun_with_same_name_resumes(ray_cluster, tmp_path):
     assert len(prepared) == 1, prepared
     # Each round reports the run's fixed cost by stage.
     assert second.final.setup_model_s > 0 and second.final.setup_deepspeed_s > 0 and second.final.setup_worker_s > 0
+
+
+class RecordEveryRank(UserCallback):
+    """On Ray Train's controller: every rank's metrics of every round, one JSON line per round."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with self.path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+# Per-rank by nature: this rank's memory, its clock (throughput), its setup stages.
+PER_RANK = {"peak_memory_mb", "samples_per_s", "tokens_per_s"} | {f for f in RoundReport.model_fields if f.startswith("setup_")}
+
+
+def _servable_weights(ckpt: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(Path(ckpt, MODEL_DIR).glob("*.safetensors"))
+    assert files
+    return {k: v for f in files for k, v in load_file(f).items()}
+
+
+def test_ddp_resume_is_exact_and_every_rank_reports_the_same_metrics(ray_cluster, tmp_path):
+    """engine ddp, 2 workers, gradient accumulation: 20 steps then a rerun to 40 ends exactly where 40
+    steps in one go do (weights, metrics), across epoch ends and a mid-epoch restart; every rank
+    reports the same numbers in every round."""
+    # decay constant: the schedule does not depend on max_steps, which the interrupted run changes.
+    # 384 train rows / 2 workers / micro 16 / accumulation 2 = 6 steps per epoch: step 20 is mid-epoch.
+    spec = _spec(tmp_path, "sequence-classification", engine="ddp", zero=None, steps=40, schedule__decay="constant",
+                 schedule__gradient_accumulation_steps=2, schedule__eval_every_steps=10)
+    ranks = tmp_path / "ranks.jsonl"
+    from trainers.launch import fit
+
+    straight = fit(spec, storage_path=str(tmp_path / "results"), name="straight", callbacks=[RecordEveryRank(ranks)])
+    first = _fit(with_values(spec, {"schedule.max_steps": 20}), tmp_path, name="resumed")
+    second = _fit(spec, tmp_path, name="resumed")
+
+    assert first.final.step == 20 and second.final.resumed_from_step == 20
+    a, b = straight.final, second.final
+    assert a.step == b.step == 40
+    assert a.eval["eval_accuracy"] > 0.9, a.eval  # it learned
+    assert (a.eval, a.train_loss, a.lr) == (b.eval, b.train_loss, b.lr)
+    wa, wb = _servable_weights(straight.latest_checkpoint), _servable_weights(second.latest_checkpoint)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), [k for k in wa if not torch.equal(wa[k], wb[k])][:5]
+
+    rounds = [json.loads(line) for line in ranks.read_text().splitlines()]
+    assert [RoundReport.from_ray(r[0]).step for r in rounds] == [10, 20, 30, 40]
+    for per_rank in rounds:
+        assert len(per_rank) == 2
+        same = [RoundReport.from_ray(m).model_dump(exclude=PER_RANK) for m in per_rank]
+        assert same[0] == same[1], same
 
 
 def test_worker_killed_mid_run_resumes_from_latest_checkpoint(ray_cluster, tmp_path):

@@ -348,6 +348,9 @@ def test_each_known_trap_is_named():
     assert "plain data parallelism (zero_stage 0)" in warnings_of(bert, [])
     assert "ZeRO-3 with LoRA" in warnings_of(bert, ["train.lora.enabled=true", "train.deepspeed.zero_stage=3"])
     assert "nothing to shard" in warnings_of(SMOKE, ["train.scaling.num_workers=1", "train.deepspeed.zero_stage=2"])
+    # On CPU with a replica that fits, DeepSpeed is the slower engine; with engine ddp nothing is said.
+    assert "engine: ddp" in warnings_of(SMOKE, [])
+    assert "engine: ddp" not in warnings_of(SMOKE, ["train.engine=ddp"])
     # Full fine-tuning of 8B with the optimizer offloaded: 16 bytes x 8B / 4 workers of host RAM on a 16 GiB node.
     text = warnings_of(LLAMA, ["train.lora.enabled=false", "train.deepspeed.offload_params=false",
                                "cluster.worker_types.gpu.memory_gb=16"])
