@@ -85,10 +85,10 @@ class SweepBudget(Stopper):
 
 
 def asha_work_fraction(scheduler: SchedulerSection, rounds: int, trials: int) -> float:
-    """The share of `trials` x `rounds` that ASHA is expected to run: a trial reaching rung k
-    (grace_period x reduction_factor^k rounds) goes on with probability 1/reduction_factor, and
-    the best trial always runs in full (up to max_t rounds)."""
-    if scheduler.type != "asha" or rounds <= 0:
+    """The share of `trials` x `rounds` that ASHA (or successive halving) is expected to run: a trial
+    reaching rung k (grace_period x reduction_factor^k rounds) goes on with probability
+    1/reduction_factor, and the best trial always runs in full (up to max_t rounds)."""
+    if scheduler.type == "none" or rounds <= 0:
         return 1.0
     ceiling = _asha_ceiling(scheduler, rounds)
     eta, rung, done, work, share = scheduler.reduction_factor, float(scheduler.grace_period), 0.0, 0.0, 1.0
@@ -101,7 +101,7 @@ def asha_work_fraction(scheduler: SchedulerSection, rounds: int, trials: int) ->
 
 def _asha_ceiling(scheduler: SchedulerSection, rounds: int) -> int:
     """Rounds the longest trial runs: ASHA's max_t cuts every trial there (no scheduler: all)."""
-    return min(rounds, scheduler.max_t or rounds) if scheduler.type == "asha" else rounds
+    return min(rounds, scheduler.max_t or rounds) if scheduler.type != "none" else rounds
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,35 @@ def sweep_estimate(*, trial_times: Sequence[float], trials: int, concurrency: in
     return Estimate(trial_s=trial_s, wall_s=wall, wall_max_s=wall_max, node_hours=wall * nodes / 3600)
 
 
+def first_stop_s(scheduler: SchedulerSection, *, round_s: float, setup_s: float, trial_s: float, trials: int,
+                 concurrency: int) -> float | None:
+    """About how long after the sweep's first round its scheduler can first stop a trial (None: never).
+
+    ASHA judges a trial at the first rung against those already there: the second trial to arrive is
+    the first that can stop, so with one trial at a time, after a whole first trial. Successive
+    halving waits for every trial at the rung: each wave of trials takes its start-up and the rung's
+    rounds. Trials of a wave start together, so the first wave's first round is the clock's start."""
+    if scheduler.type == "none" or trials < 2:
+        return None
+    rung = scheduler.grace_period * round_s
+    if scheduler.type == "asha":
+        return rung - round_s if concurrency >= 2 else trial_s - round_s + setup_s + rung
+    waves = math.ceil(trials / max(concurrency, 1))
+    return rung - round_s + (waves - 1) * (setup_s + rung)
+
+
+def rung_budget_line(budget_s: float | None, stop_s: float | None, scheduler: SchedulerSection,
+                     round_s: float) -> str | None:
+    """A warning when the budget ends before the scheduler can stop any trial (None: it does not)."""
+    if budget_s is None or stop_s is None or budget_s >= stop_s:
+        return None
+    every = " every trial at" if scheduler.type == "successive_halving" else ""
+    return (f"tune.budget {_duration(budget_s)} ends before the scheduler can stop any trial (about {_duration(stop_s)} "
+            f"from the first round: grace_period {scheduler.grace_period} round(s) of about {_duration(round_s)}{every} "
+            "the first rung), so early stopping saves nothing. Raise tune.budget, lower tune.scheduler.grace_period, "
+            "or evaluate more often (train.schedule.eval_every_steps)")
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     h, rest = divmod(seconds, 3600)
@@ -167,8 +196,17 @@ class SweepEstimate(Callback):
         total, step = int(result["total_steps"]), int(result.get("step") or 0)
         # One Tune result per evaluation round: every eval_every_steps steps, or one per epoch.
         per_round = self.eval_every or max(step, 1)
+        sps = float(result["samples_per_s"])
         self.done = estimate(trials=self.trials, concurrency=self.concurrency, total_steps=total,
-                             global_batch=self.global_batch, samples_per_s=float(result["samples_per_s"]),
+                             global_batch=self.global_batch, samples_per_s=sps,
                              rounds=math.ceil(total / per_round), scheduler=self.scheduler, nodes=self.nodes)
-        say(f"sweep estimate (measured {float(result['samples_per_s']):.1f} samples/s, {total} steps per trial): "
+        say(f"sweep estimate (measured {sps:.1f} samples/s, {total} steps per trial): "
             + self.done.line(self.budget_s, self.nodes))
+        # The budget against the first rung: knowable only now, from a measured round.
+        round_s = per_round * self.global_batch / sps
+        setup_s = sum(float(v) for k, v in result.items() if k.startswith("setup_") and isinstance(v, (int, float)))
+        stop_s = first_stop_s(self.scheduler, round_s=round_s, setup_s=setup_s, trial_s=self.done.trial_s,
+                              trials=self.trials, concurrency=self.concurrency)
+        warning = rung_budget_line(self.budget_s, stop_s, self.scheduler, round_s)
+        if warning:
+            say(warning)

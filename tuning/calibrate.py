@@ -22,8 +22,8 @@ from trainers.config import TrainSection
 from trainers.console import say
 from trainers.storage import Location
 
-from .budget import Estimate, sweep_estimate
-from .config import TuneSection
+from .budget import Estimate, first_stop_s, rung_budget_line, sweep_estimate
+from .config import SchedulerSection, TuneSection
 from .search_space import apply_values
 
 STEPS = 6  # two rounds of 3: the second round's throughput excludes the first step's warm-up
@@ -50,12 +50,16 @@ class Calibration:
     largest: Measured
     trial_s: dict[str, float]  # estimated full trial time per configuration label
     estimate: Estimate
+    scheduler: SchedulerSection
+    round_s: float  # an evaluation round of the fastest configuration
+    first_stop_s: float | None  # the sweep's first round to the scheduler's first possible stop
 
     def lines(self, budget_s: float | None, nodes: int) -> list[str]:
         out = [f"calibration ({STEPS} steps each): {m.config.label}: {m.step_s:.3f} s/step, setup {m.setup_s:.0f}s"
                for m in (self.smallest, self.largest) if m is self.smallest or m.config != self.smallest.config]
         out.append("sweep estimate from the calibration: " + self.estimate.line(budget_s, nodes))
-        return out
+        warning = rung_budget_line(budget_s, self.first_stop_s, self.scheduler, self.round_s)
+        return out + ([warning] if warning else [])
 
 
 def work_per_step(train: TrainSection) -> float:
@@ -118,8 +122,9 @@ def measure(config: Config, *, storage_path: str, name: str, steps: int = STEPS)
     if report is None or report.samples_per_s <= 0:
         raise RuntimeError(f"the calibration run {run} reported no throughput")
     step_s = train.global_batch_size / report.samples_per_s
-    setup = (report.setup_worker_s + report.setup_imports_s + report.setup_model_s + report.setup_data_s
-             + report.setup_deepspeed_s)
+    # Train's launch onwards (a trial pays that too); the driver stage here is this command's own start.
+    setup = (report.setup_launch_s + report.setup_worker_s + report.setup_imports_s + report.setup_model_s
+             + report.setup_data_s + report.setup_deepspeed_s)
     return Measured(config=config, step_s=step_s, setup_s=setup)
 
 
@@ -127,8 +132,6 @@ def calibrate(tune: TuneSection | None, train: TrainSection, *, storage_path: st
               concurrency: int, nodes: int, trials: int) -> Calibration:
     """Measure the smallest and largest configuration, then estimate the whole sweep."""
     from trainers.prepared import prepare_data
-
-    from .config import SchedulerSection
 
     all_configs = configs(tune, train)
     smallest = min(all_configs, key=lambda c: c.work)
@@ -143,12 +146,18 @@ def calibrate(tune: TuneSection | None, train: TrainSection, *, storage_path: st
     setup = max(small.setup_s, large.setup_s)
     times: dict[str, float] = {}
     rounds: list[int] = []
+    round_times: list[float] = []
     for c in all_configs:
         steps = total_steps(c.train, train_rows)
         times[c.label] = setup + steps * step_time(c.work, small, large)
         every = c.train.schedule.eval_every_steps
         rounds.append(math.ceil(steps / every) if every else c.train.schedule.epochs)
+        round_times.append(steps / max(rounds[-1], 1) * step_time(c.work, small, large))
     scheduler = tune.scheduler if tune is not None else SchedulerSection(type="none")
     est = sweep_estimate(trial_times=list(times.values()), trials=trials, concurrency=concurrency,
                          rounds=max(rounds), scheduler=scheduler, nodes=nodes)
-    return Calibration(smallest=small, largest=large, trial_s=times, estimate=est)
+    round_s = min(round_times)
+    stop = first_stop_s(scheduler, round_s=round_s, setup_s=setup, trial_s=est.trial_s, trials=trials,
+                        concurrency=concurrency)
+    return Calibration(smallest=small, largest=large, trial_s=times, estimate=est, scheduler=scheduler,
+                       round_s=round_s, first_stop_s=stop)

@@ -92,21 +92,37 @@ Domain = Annotated[LogUniform | Uniform | QUniform | Choice | Grid, Field(discri
 
 
 class SchedulerSection(Section):
-    type: Literal["asha", "none"] = Field(default="asha", description="ASHA early stopping, or none.")
+    """Early stopping (tuning/schedulers.py). Rungs count evaluation rounds: a trial is judged after
+    grace_period rounds, then after grace_period x reduction_factor^k rounds."""
+
+    type: Literal["asha", "successive_halving", "none"] = Field(
+        default="asha", description="'asha' (default): asynchronous, nothing waits; for many trials (tens). "
+        "'successive_halving': synchronous; every trial waits at each rung until all have reached it, then the "
+        "best 1/reduction_factor go on; for few trials, where ASHA's first trials pass empty rungs and little is "
+        "saved (each wait pauses a trial and restarts it from its checkpoint). 'none': every trial runs in full."
+    )
     grace_period: int = Field(default=1, ge=1, description="Evaluation rounds every trial gets before it can stop.")
-    reduction_factor: float = Field(default=2.0, gt=1.0, description="ASHA keeps 1/reduction_factor per rung.")
+    reduction_factor: float = Field(default=2.0, gt=1.0, description="Keep 1/reduction_factor of the trials per rung.")
     max_t: int | None = Field(
         default=None, ge=1, description="Most evaluation rounds a trial runs; empty: as many as training makes."
     )
 
     @model_validator(mode="after")
     def _grace_within_max_t(self) -> SchedulerSection:
-        # ASHA's rungs are evaluation rounds (one Tune result per round): a trial can first be
-        # stopped after grace_period rounds, so grace_period >= max_t stops nothing.
-        if self.type == "asha" and self.max_t is not None and self.max_t <= self.grace_period:
+        # Rungs are evaluation rounds (one Tune result per round): a trial can first be stopped
+        # after grace_period rounds, so grace_period >= max_t stops nothing.
+        if self.type != "none" and self.max_t is not None and self.max_t <= self.grace_period:
             raise ValueError(f"max_t must be above grace_period, or no trial can stop early; got max_t={self.max_t}, "
                              f"grace_period={self.grace_period}. Lower grace_period, raise max_t, or set type: none")
         return self
+
+    @property
+    def label(self) -> str:
+        """How the sweep's plan line names it."""
+        if self.type == "none":
+            return "no early stopping"
+        name = "ASHA" if self.type == "asha" else "synchronous successive halving"
+        return f"{name} (grace {self.grace_period}, reduction {self.reduction_factor:g}, max_t {self.max_t or 'none'})"
 
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")

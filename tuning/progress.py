@@ -51,7 +51,7 @@ def _duration(seconds: float) -> str:
 class TrialState:
     trial_id: str
     values: str
-    status: str = "pending"  # pending, running, completed, stopped early, failed, interrupted
+    status: str = "pending"  # pending, running, paused, completed, stopped early, failed, interrupted
     step: int = 0
     total_steps: int | None = None
     samples_per_s: float | None = None
@@ -116,7 +116,7 @@ class SweepState:
         return left / rate
 
     def headline(self) -> str:
-        order = ("running", "pending", "completed", "stopped early", "failed", "interrupted")
+        order = ("running", "paused", "pending", "completed", "stopped early", "failed", "interrupted")
         counts = self.counts()
         states = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
         best = (f"; best {self.metric} {self.best[0]:.4f} (trial {_short(self.best[1])})" if self.best else "")
@@ -249,8 +249,12 @@ class SweepProgress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         t = self.state.trial(trial.trial_id, trial.config)
+        was = t.status
         t.status = "running"
-        self._note(f"trial {_short(trial.trial_id)} started ({t.values})")
+        if was == "paused":  # the synchronous scheduler promoted it (tuning/schedulers.py)
+            self._note(f"trial {_short(trial.trial_id)} resumed after round {t.rounds} ({t.values})")
+        else:
+            self._note(f"trial {_short(trial.trial_id)} started ({t.values})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         t = self.state.trial(trial.trial_id, trial.config)
@@ -306,6 +310,12 @@ class SweepProgress(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self.state.planned = len(trials)
+        for trial in trials:  # Tune has no pause event: a trial waiting at a synchronous rung
+            t = self.state.trials.get(trial.trial_id)
+            if t is not None and t.status == "running" and trial.status == "PAUSED":
+                t.status = "paused"
+                self._note(f"trial {_short(trial.trial_id)} paused after round {t.rounds}, waiting for the others to "
+                           "reach the rung")
         if self._view is not None:
             self._view.tick()
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from trainers.config import TrainSection, with_values
 from trainers.errors import did_you_mean, preview
 
-from .config import Choice, Domain, Grid, LogUniform, QUniform, TuneSection, Uniform
+from .config import Choice, Domain, Grid, LogUniform, QUniform, SchedulerSection, TuneSection, Uniform
 
 
 def _leaf_problem(path: str) -> str | None:
@@ -66,24 +66,62 @@ def check_search_space(tune: TuneSection, train: TrainSection) -> list[str]:
     return problems + _scheduler_problems(tune, train)
 
 
+_SCHEDULE_PATHS = ("schedule.max_steps", "schedule.eval_every_steps", "schedule.epochs")
+
+
 def _scheduler_problems(tune: TuneSection, train: TrainSection) -> list[str]:
     """An early-stopping scheduler that can stop nothing: every trial ends at or before the grace
-    period. Counted in evaluation rounds, ASHA's unit; only where the spec fixes them (max_steps and
-    eval_every_steps, neither searched)."""
-    s, sched = tune.scheduler, train.schedule
-    if s.type == "none" or not (sched.max_steps and sched.eval_every_steps):
+    period. Counted in evaluation rounds, the rungs' unit, wherever the spec bounds them: max_steps /
+    eval_every_steps, or one round per epoch; a searched schedule field counts by its every value (or
+    range end), and only a space whose every configuration ends within the grace period is refused.
+    Where only the data's size tells (eval_every_steps without max_steps), the sweep checks when it
+    starts, once the data is prepared (`rounds_problem`). Only a scheduler the spec chose is refused:
+    the default one, with nothing to stop, just stops nothing (the sweep says so when it starts)."""
+    s = tune.scheduler
+    if s.type == "none" or "scheduler" not in tune.model_fields_set:
         return []
-    if {"schedule.max_steps", "schedule.eval_every_steps"} & set(tune.search_space):
+    axes = [[plain(v) for v in tune.search_space[p].examples()] if p in tune.search_space else [_base(train, p)]
+            for p in _SCHEDULE_PATHS]
+    bounds = [_rounds_at_most(max_steps, every, epochs) for max_steps, every, epochs in itertools.product(*axes)]
+    if any(b is None for b in bounds):
         return []
-    rounds = math.ceil(sched.max_steps / sched.eval_every_steps)
+    rounds = max(bounds)
     if s.max_t is not None:
         rounds = min(rounds, s.max_t)
-    if rounds > s.grace_period:
-        return []
-    return [f"tune.scheduler.grace_period: every trial ends after {rounds} evaluation round(s) (train.schedule."
-            f"max_steps {sched.max_steps} / eval_every_steps {sched.eval_every_steps}), within the grace period of "
-            f"{s.grace_period}, so {s.type.upper()} can stop nothing early. Lower grace_period below {rounds}, "
-            "evaluate more often (train.schedule.eval_every_steps), train longer, or set tune.scheduler.type: none"]
+    searched = [p for p in _SCHEDULE_PATHS if p in tune.search_space]
+    sched = train.schedule
+    if searched:
+        why = f"every configuration of the searched {', '.join(searched)}"
+    elif sched.eval_every_steps:
+        why = f"train.schedule.max_steps {sched.max_steps} / eval_every_steps {sched.eval_every_steps}"
+    else:
+        why = f"one round per epoch, train.schedule.epochs {sched.epochs}"
+    problem = rounds_problem(s, rounds, why, at_most=True)
+    return [problem] if problem else []
+
+
+def _base(train: TrainSection, path: str) -> Any:
+    return getattr(train.schedule, path.split(".", 1)[1])
+
+
+def _rounds_at_most(max_steps: Any, every: Any, epochs: Any) -> int | None:
+    """The most evaluation rounds a trial makes (trainers/loop.py), or None when the data's size decides."""
+    if every:
+        return math.ceil(max_steps / every) if max_steps else None
+    return int(epochs)  # one round per epoch; max_steps may end training sooner
+
+
+def rounds_problem(scheduler: SchedulerSection, rounds: int, why: str, at_most: bool = False) -> str | None:
+    """What to say when trials of (`at_most`) `rounds` evaluation rounds all end within the scheduler's
+    grace period."""
+    if scheduler.type == "none" or rounds > scheduler.grace_period:
+        return None
+    name = "ASHA" if scheduler.type == "asha" else "successive halving"
+    fix = f"Lower grace_period below {rounds}, " if rounds > 1 else ""
+    return (f"tune.scheduler.grace_period: every trial ends after {'at most ' if at_most and rounds > 1 else ''}{rounds} "
+            f"evaluation round(s) ({why}), within the grace period of {scheduler.grace_period}, so {name} can stop "
+            f"nothing early. {fix}evaluate more often (train.schedule.eval_every_steps), train longer, or set "
+            "tune.scheduler.type: none")
 
 
 MAX_REPORTED = 3  # rejected values (or combinations) listed per problem; the rest are counted
@@ -146,14 +184,21 @@ def _rejection(err: ValidationError) -> str:
 
 def _value_problems(where: str, path: str, domain: Domain, train: TrainSection) -> list[str]:
     """Each value (or range end) the field rejects, with the base spec's other values."""
+    candidates = _candidates(domain)
     rejected = []
-    for label, value in _candidates(domain):
+    for label, value in candidates:
         try:
             apply_values(train, {path: value})
         except ValidationError as err:
             rejected.append(f"{label} {preview(value, 40)} is rejected by train.{path}: {_rejection(err)}")
     more = f" (and {len(rejected) - MAX_REPORTED} more values)" if len(rejected) > MAX_REPORTED else ""
     fix = "narrow the range" if isinstance(domain, (Uniform, LogUniform, QUniform)) else "drop or fix the value"
+    if rejected and len(rejected) == len(candidates):
+        # Not one configuration could start: say so first, then why.
+        every = "both ends of the range are" if len(candidates) == 2 and fix == "narrow the range" else (
+            "every value is" if len(candidates) > 1 else "its only value is")
+        return [f"{where}: {every} rejected, so no trial could start: " + "; ".join(rejected[:MAX_REPORTED]) + more
+                + ". Use values train." + path + " accepts"]
     return [f"{where}: {r}; {fix}{more}" for r in rejected[:MAX_REPORTED]]
 
 
@@ -161,16 +206,19 @@ def _combination_problems(tune: TuneSection, train: TrainSection) -> list[str]:
     """Cross-field rules (validation_fraction + test_fraction, zero_stage x offload_optimizer) see
     one combination at a time, so try every combination of grid/choice values and range ends."""
     axes = {path: [v for _, v in _candidates(d)] for path, d in tune.search_space.items()}
-    if math.prod(len(v) for v in axes.values()) > MAX_COMBINATIONS:
+    complete = math.prod(len(v) for v in axes.values()) <= MAX_COMBINATIONS  # every combination is tried
+    if not complete:
         # Too many to try: numeric axes shrink to their min and max, which decide the rules that
         # are sums and thresholds; if that is still too many, the first MAX_COMBINATIONS are tried.
         axes = {path: _extremes(values) for path, values in axes.items()}
     paths = list(axes)
     failures: dict[tuple[str, str], list[str]] = {}  # (paths, rejection) -> combinations
+    valid = 0
     for combo in itertools.islice(itertools.product(*axes.values()), MAX_COMBINATIONS):
         values = dict(zip(paths, combo, strict=True))
         try:
             apply_values(train, values)
+            valid += 1
         except ValidationError as err:
             for e in err.errors(include_url=False):  # one rule each, with the paths it reads
                 involved = _involved(paths, e["loc"])
@@ -180,6 +228,9 @@ def _combination_problems(tune: TuneSection, train: TrainSection) -> list[str]:
                 if shown not in seen:
                     seen.append(shown)
     problems = []
+    if failures and complete and not valid:
+        problems.append(f"tune.search_space: every combination of its values is rejected, so no trial could start "
+                        f"({', '.join(paths)}); see below")
     for (where, why), combos in failures.items():
         more = f" (and {len(combos) - MAX_REPORTED} more)" if len(combos) > MAX_REPORTED else ""
         problems.append(f"{where}: the combination {'; '.join(combos[:MAX_REPORTED])}{more} is rejected: {why}; "

@@ -31,19 +31,19 @@ from trainers.storage import Location
 from trainers.tasks import get_task
 
 from .budget import SweepBudget, SweepEstimate, nodes_in_use, time_budget_s
+from .calibrate import total_steps
 from .concurrency import plan_concurrency
 from .config import Grid, TuneSection
 from .progress import SweepProgress
 from .records import TrialRecord, records_from_results
 from .report import SweepWinner, sweep_winner, winner, write_report
-from .search_space import apply_values, param_space
+from .schedulers import build_scheduler
+from .search_space import apply_values, param_space, rounds_problem
 from .trial import TRIAL_DRIVER_RESOURCES, run_trial, trial_dirname
 
 SPEC_FILE = "sweep_spec.json"
 PREPARED_DIR = "prepared"
 BEST_FILE = "best.json"
-# ASHA needs a ceiling; with none configured, trials run as many rounds as training makes.
-_UNBOUNDED_ROUNDS = 10**6
 # Settings that a resumed sweep may change without changing what its trials mean.
 _RESUME_MAY_CHANGE = ("time_budget_s", "budget", "max_concurrent_trials")
 
@@ -92,10 +92,17 @@ def run_sweep(tune: TuneSection, train: TrainSection, *, storage_path: str, name
     estimator = SweepEstimate(trials=num_trials(tune), concurrency=concurrency, global_batch=train.global_batch_size,
                               eval_every_steps=train.schedule.eval_every_steps, scheduler=tune.scheduler,
                               nodes=occupied, budget_s=budget)
+    _refuse_existing(exp, name, resume)
+    # Before Tune writes anything: a problem the data's size reveals still leaves no sweep behind.
+    data_line, train_rows = _prepare_once(tune, train, exp.join(PREPARED_DIR))
+    rounds_note = _check_rounds(tune, train, train_rows)
     tuner = _tuner(tune, train, root=root, name=name, resume=resume, concurrency=concurrency,
                    stopper=SweepBudget(budget) if budget else None, extra_callbacks=[estimator])
-    _prepare_once(tune, train, exp.join(PREPARED_DIR))
+    if data_line:
+        say(data_line)
     say(_plan_line(tune, train, metric, mode, concurrency, name, budget) + (f" ({note})" if note else ""))
+    if rounds_note:
+        say(rounds_note)
     # Tune reports checkpoint paths on the storage filesystem (no scheme): locate them under root.
     records = records_from_results(tuner.fit(), metric, tune.scheduler.max_t, locate=lambda p: str(root.at(p)))
     return _publish(records, tune, train, exp=exp, name=name)
@@ -115,10 +122,7 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
     )
     snapshot = {"tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}
     exp_path, fs = exp.for_ray()
-    if rt.Tuner.can_restore(exp_path, storage_filesystem=fs):
-        if not resume:
-            raise SweepExistsError(f"a sweep named {name!r} already exists at {exp}. Resume it with --resume, "
-                                   "or pick another name (or remove that directory) to start over.")
+    if rt.Tuner.can_restore(exp_path, storage_filesystem=fs):  # and resume: see _refuse_existing
         _check_same_spec(exp.join(SPEC_FILE).read_text_or_none(), snapshot, str(exp))
         say(f"resuming sweep {name} at {exp}: finished trials are kept, unfinished ones continue")
         return rt.Tuner.restore(exp_path, storage_filesystem=fs, trainable=trainable, resume_unfinished=True, resume_errored=False,
@@ -126,12 +130,15 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
     if resume:
         say(f"nothing to resume at {exp}; starting sweep {name}")
     exp.join(SPEC_FILE).write_text(json.dumps(snapshot, indent=2))
+    # The scheduler and the callback that keeps its state go into tuner.pkl together (tuning/schedulers.py).
+    scheduler, keep_state, tune_concurrency = build_scheduler(tune.scheduler, trials=num_trials(tune),
+                                                              concurrency=concurrency)
     return rt.Tuner(
         trainable,
         param_space=param_space(tune),
         tune_config=rt.TuneConfig(
-            metric=metric, mode=mode, num_samples=tune.num_samples, scheduler=_scheduler(tune),
-            search_alg=_search_alg(tune), max_concurrent_trials=concurrency,
+            metric=metric, mode=mode, num_samples=tune.num_samples, scheduler=scheduler,
+            search_alg=_search_alg(tune), max_concurrent_trials=tune_concurrency,
             time_budget_s=tune.time_budget_s, reuse_actors=False, trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname,
         ),
@@ -142,22 +149,55 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
             # Train already retries worker failures from checkpoints inside a trial; a trial
             # that still fails (bad data, a diverged loss) would fail the same way again.
             failure_config=rt.FailureConfig(max_failures=0),
-            callbacks=[SweepProgress(metric, mode), *(extra_callbacks or [])],
+            callbacks=[SweepProgress(metric, mode), *(extra_callbacks or []), *keep_state],
         ),
     )
 
 
-def _prepare_once(tune: TuneSection, train: TrainSection, root: Location) -> None:
+def _refuse_existing(exp: Location, name: str, resume: bool) -> None:
+    from ray import tune as rt
+
+    exp_path, fs = exp.for_ray()
+    if not resume and rt.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        raise SweepExistsError(f"a sweep named {name!r} already exists at {exp}. Resume it with --resume, "
+                               "or pick another name (or remove that directory) to start over.")
+
+
+def _prepare_once(tune: TuneSection, train: TrainSection, root: Location) -> tuple[str | None, int | None]:
     """Read, check and tokenize the data once, before any trial starts; every trial (and a resumed
     sweep) finds it under `root` by its key. A space that searches data or model fields gives trials
-    different data: each such trial prepares its own (keyed the same way, so equal ones share)."""
+    different data: each such trial prepares its own (keyed the same way, so equal ones share).
+    Returns the line that says so, and the training rows (None: each trial prepares its own)."""
     if any(path.startswith(("data.", "model.")) for path in tune.search_space):
-        return
+        return None, None
     _, data = prepare_data(train, root)
     rows = data.manifest.rows
-    say(f"data {'reused' if data.reused else 'prepared once for every trial'}: {rows['train']} train / "
-        f"{rows['validation']} validation rows at {data.location}"
-        + ("" if data.reused else f" ({data.manifest.seconds:.1f}s)"))
+    line = (f"data {'reused' if data.reused else 'prepared once for every trial'}: {rows['train']} train / "
+            f"{rows['validation']} validation rows at {data.location}"
+            + ("" if data.reused else f" ({data.manifest.seconds:.1f}s)"))
+    return line, int(rows["train"])
+
+
+def _check_rounds(tune: TuneSection, train: TrainSection, train_rows: int | None) -> str | None:
+    """Trials that all end within the scheduler's grace period, now that the data's size tells their
+    rounds (the spec alone told them only with max_steps; tuning/search_space.py checked that at load
+    time): an error when the spec chose the scheduler, else a note (early stopping has nothing to do)."""
+    if train_rows is None or any(p.startswith("schedule.") or p == "scaling.num_workers" for p in tune.search_space):
+        return None
+    steps = total_steps(train, train_rows)
+    every = train.schedule.eval_every_steps
+    if every:
+        rounds, why = math.ceil(steps / every), f"{steps} steps at eval_every_steps {every}"
+    else:
+        one_epoch = total_steps(train.model_copy(update={"schedule": train.schedule.model_copy(
+            update={"epochs": 1, "max_steps": None})}), train_rows)
+        rounds, why = math.ceil(steps / one_epoch), f"{steps} steps, one round per epoch of {one_epoch}"
+    if tune.scheduler.max_t is not None:
+        rounds = min(rounds, tune.scheduler.max_t)
+    problem = rounds_problem(tune.scheduler, rounds, f"{why} over {train_rows} training rows")
+    if problem and "scheduler" in tune.model_fields_set:
+        raise UserError(problem)
+    return f"note: {problem}" if problem else None
 
 
 def _publish(records: list[TrialRecord], tune: TuneSection, train: TrainSection, *, exp: Location,
@@ -186,17 +226,6 @@ def read_winner(path: str | Location) -> SweepWinner | None:
     return SweepWinner.model_validate_json(text) if text is not None else None
 
 
-def _scheduler(tune: TuneSection):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    s = tune.scheduler
-    if s.type == "none":
-        return FIFOScheduler()
-    # One Tune result per evaluation round, so training_iteration counts rounds.
-    return ASHAScheduler(time_attr="training_iteration", grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor, max_t=s.max_t or _UNBOUNDED_ROUNDS)
-
-
 def _search_alg(tune: TuneSection):
     if tune.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -221,9 +250,7 @@ def num_trials(tune: TuneSection) -> int:
 
 def _plan_line(tune: TuneSection, train: TrainSection, metric: str, mode: str, concurrency: int, name: str,
                budget_s: float | None = None) -> str:
-    s = tune.scheduler
-    sched = (f"ASHA (grace {s.grace_period}, reduction {s.reduction_factor:g}, max_t {s.max_t or 'none'})"
-             if s.type == "asha" else "no early stopping")
+    sched = tune.scheduler.label
     budget = f", tune.budget {budget_s:.0f}s of wall time from the first round" if budget_s else ""
     if tune.time_budget_s:
         budget += f", time_budget_s {tune.time_budget_s:g}s from now"

@@ -23,6 +23,7 @@ from ray.train import UserCallback
 
 from trainers.config import TrainSection
 
+from .rounds import ReportRounds
 from .search_space import apply_values
 
 # Ray needs a non-empty resource request for the trial's own process. It asks for no CPU and
@@ -74,7 +75,6 @@ class SendControllerHandle(UserCallback):
 def run_trial(config: dict[str, Any], *, train_json: dict[str, Any], runs_path: str,
               data_root: str | None = None) -> None:
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
     from ray.util.queue import Queue
 
     from trainers.launch import fit
@@ -85,7 +85,7 @@ def run_trial(config: dict[str, Any], *, train_json: dict[str, Any], runs_path: 
     _link = link = _RunLink(mailbox=Queue(maxsize=1, actor_options={"num_cpus": 0}))
     try:
         fit(train, storage_path=runs_path, name=name, data_root=data_root, verbose=False,  # the sweep speaks for it
-            callbacks=[SendControllerHandle(link.mailbox), TuneReportCallback()])
+            callbacks=[SendControllerHandle(link.mailbox), ReportRounds(train.schedule.eval_every_steps)])
     except Exception:
         if link.stopping.is_set():
             return  # the sweep stopped this trial and aborted its run on purpose

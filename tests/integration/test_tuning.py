@@ -243,3 +243,104 @@ def test_every_trial_failing_on_bad_data_says_why_and_is_not_retried(ray_cluster
     rows = _read_csv(str(exp / "trials.csv"))
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert not (exp / "best.json").exists()
+
+
+def _rounds(exp: Path, trial_id: str) -> list[dict]:
+    """Tune's record of a trial's results (result.json), in order."""
+    text = (exp / f"trial_{trial_id}" / "result.json").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_successive_halving_waits_at_each_rung_halves_and_names_the_winner(ray_cluster, tiny_data, tmp_path, capsys):
+    from tuning.sweep import run_sweep
+
+    good, weak = [1e-1, 5e-2], [1e-5, 3e-5]  # at round 1 (step 20): macro-F1 above 0.8, and 0.38
+    tune = TuneSection.model_validate({
+        # Written order, two at a time: the good ones run first and must wait for the weak ones at the rung.
+        "search_space": {"optim.lr": {"type": "grid", "values": good + weak}},
+        "trial_order": "grid",
+        "scheduler": {"type": "successive_halving", "grace_period": 1, "reduction_factor": 2},
+    })
+    train = _train(tiny_data, steps=400, schedule__eval_every_steps=20)  # 20 rounds
+    result = run_sweep(tune, train, storage_path=str(tmp_path / "results"), name="halving")
+    out = capsys.readouterr().out
+    exp = Path(result.path)
+    rows = {float(r["optim.lr"]): r for r in result.trials}
+    assert "synchronous successive halving (grace 1, reduction 2, max_t none)" in out, out
+
+    # Rung 0 (round 1) stops the weak half; rung 1 (round 2) the second of the good ones; one trains to its end.
+    assert all(rows[lr]["status"] == "stopped early" for lr in weak), rows
+    assert sorted(rows[lr]["status"] for lr in good) == ["completed", "stopped early"], rows
+    best = result.best
+    assert best.config["optim.lr"] in good and best.value > 0.7, best
+    [finisher] = [rows[lr]["trial_id"] for lr in good if rows[lr]["status"] == "completed"]
+    assert (exp / "runs" / f"trial_{finisher}" / "checkpoint_000400").is_dir()
+
+    # The good trials ran first, reached the rung before the weak ones had started, and waited paused:
+    # each continued its Train run from a checkpoint after the weak ones' first round.
+    assert "paused after round" in out and "resumed after round" in out, out
+    weak_first = max(_rounds(exp, rows[lr]["trial_id"])[0]["timestamp"] for lr in weak)
+    for lr in good:
+        trial_id = rows[lr]["trial_id"]
+        run = exp / "runs" / f"trial_{trial_id}"
+        assert read_manifest(run / _checkpoints(run)[-1]).metrics["resumed_from_step"] >= 20, lr
+        resumed = [r for r in _rounds(exp, trial_id) if r["resumed_from_step"] >= 20]
+        assert resumed and resumed[0]["timestamp"] >= weak_first
+    for lr in weak:  # halved out: never resumed
+        run = exp / "runs" / f"trial_{rows[lr]['trial_id']}"
+        assert read_manifest(run / _checkpoints(run)[-1]).metrics["resumed_from_step"] == -1
+    # Rounds count over the whole run, across the restart (Tune's own count would start again at 1).
+    rounds = [r["training_iteration"] for r in _rounds(exp, finisher)]
+    assert rounds == sorted(rounds) and rounds[0] == 1 and rounds[-1] == 20, rounds
+
+
+def test_resumed_asha_keeps_its_rungs_and_stops_a_weak_trial_at_the_first(ray_cluster, tiny_data, tmp_path, capsys):
+    """Tune restores a sweep with a blank scheduler; zerotune puts ASHA's rungs back (tuning/schedulers.py).
+    Two good trials finish, the driver is killed before the weak one reports, and the resumed sweep
+    stops the weak one at the first rung by the cut-off the good ones set before the kill. (A blank
+    ASHA would let it run to its end: every rung it reached would be empty.)"""
+    from tuning.sweep import run_sweep
+
+    good, weak = [5e-2, 1e-1], 1e-5
+    tune = TuneSection.model_validate({
+        "search_space": {"optim.lr": {"type": "grid", "values": [*good, weak]}},
+        "trial_order": "grid", "max_concurrent_trials": 1,  # one after the other, the weak one last
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    })
+    train = _train(tiny_data, steps=200, schedule__eval_every_steps=20)
+    storage, name = tmp_path / "results", "asha-resume"
+    exp = storage / name
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps({"address": ray_cluster.address, "storage": str(storage), "name": name,
+                                "tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(spec)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        statuses: dict[str, str] = {}
+        while time.time() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+            statuses = _statuses(exp)
+            if sum(s == "TERMINATED" for s in statuses.values()) >= 2:
+                break
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finished = {t for t, s in statuses.items() if s == "TERMINATED"}
+    assert len(finished) == 2, f"two finished trials to kill at, got {statuses} (driver exit {driver.poll()})"
+
+    result = run_sweep(tune, train, storage_path=str(storage), name=name, resume=True)
+    out = capsys.readouterr().out
+    rows = {float(r["optim.lr"]): r for r in result.trials}
+    assert rows[weak]["trial_id"] not in finished  # it had not ended when the driver died
+    # The rungs came back with what the two good trials recorded there before the kill...
+    line = next((x for x in out.splitlines() if "ASHA's rungs restored" in x), "")
+    assert "of 2 trial(s)" in line, out
+    # ...and the weak trial met their cut-off at its first round: stopped early, never past its first rungs.
+    assert rows[weak]["status"] == "stopped early", rows
+    assert int(rows[weak]["rounds"]) < 10 and float(rows[weak]["best_eval_macro_f1"]) < 0.5, rows[weak]
+    assert all(rows[lr]["trial_id"] in finished for lr in good)
+    assert result.best.config["optim.lr"] in good

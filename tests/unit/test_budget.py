@@ -143,3 +143,28 @@ def test_step_time_interpolates_between_the_measured_points():
     assert step_time(100.0, same, same) == pytest.approx(1.0)  # one configuration: its own rate
     noisy = point(300.0, 0.9)  # the larger one measured faster (noise): proportional, at the slower rate
     assert step_time(300.0, small, noisy) == pytest.approx(3.0)
+
+
+def test_a_budget_that_ends_before_the_first_rung_is_said():
+    from tuning.budget import first_stop_s, rung_budget_line
+
+    asha, sync = SchedulerSection(grace_period=2), SchedulerSection(type="successive_halving", grace_period=1)
+    common = dict(round_s=10.0, setup_s=20.0, trial_s=100.0)
+    # ASHA, two trials at a time: the second to reach round 2 can stop, 10 s after the first round.
+    assert first_stop_s(asha, trials=4, concurrency=2, **common) == pytest.approx(10.0)
+    # One at a time: the first trial runs whole before a second one reaches the rung.
+    assert first_stop_s(asha, trials=4, concurrency=1, **common) == pytest.approx(100 - 10 + 20 + 20)
+    # Successive halving waits for every trial at the rung: the second wave's start-up and round.
+    assert first_stop_s(sync, trials=4, concurrency=2, **common) == pytest.approx(20 + 10)
+    assert first_stop_s(SchedulerSection(type="none"), trials=4, concurrency=2, **common) is None
+    assert first_stop_s(asha, trials=1, concurrency=2, **common) is None  # one trial: nothing to compare
+    line = rung_budget_line(25.0, 30.0, sync, 10.0)
+    assert line.startswith("tune.budget 25s ends before the scheduler can stop any trial (about 30s from the first "
+                           "round: grace_period 1 round(s) of about 10s every trial at the first rung)")
+    assert "Raise tune.budget, lower tune.scheduler.grace_period" in line
+    assert rung_budget_line(60.0, 30.0, sync, 10.0) is None and rung_budget_line(None, 30.0, sync, 10.0) is None
+
+
+def test_successive_halving_runs_a_fraction_like_asha():
+    sync = SchedulerSection(type="successive_halving", grace_period=1, reduction_factor=2)
+    assert asha_work_fraction(sync, rounds=8, trials=16) == asha_work_fraction(SchedulerSection(), rounds=8, trials=16)

@@ -170,7 +170,68 @@ def test_a_scheduler_that_can_stop_nothing_is_refused_at_load_time():
     train = TrainSection.model_validate({**TRAIN.model_dump(), "schedule": {"max_steps": 30, "eval_every_steps": 10}})
     few = TuneSection.model_validate({"scheduler": {"grace_period": 3}})  # 3 rounds, all within the grace period
     [problem] = check_search_space(few, train)
-    assert problem.startswith("tune.scheduler.grace_period: every trial ends after 3 evaluation round(s)")
+    assert problem.startswith("tune.scheduler.grace_period: every trial ends after at most 3 evaluation round(s)")
     assert "Lower grace_period below 3" in problem and "tune.scheduler.type: none" in problem
     assert check_search_space(TuneSection.model_validate({"scheduler": {"grace_period": 2}}), train) == []
     assert check_search_space(TuneSection.model_validate({"scheduler": {"type": "none", "grace_period": 3}}), train) == []
+
+
+def _schedule(**kw) -> TrainSection:
+    return TrainSection.model_validate({**TRAIN.model_dump(), "schedule": kw})
+
+
+def test_rounds_are_counted_per_epoch_and_over_searched_schedules_at_load_time():
+    from tuning.search_space import check_search_space
+
+    chosen = {"scheduler": {"type": "successive_halving", "grace_period": 2}}
+    # One round per epoch: two epochs never get past a grace period of two.
+    [problem] = check_search_space(TuneSection.model_validate(chosen), _schedule(epochs=2))
+    assert "at most 2 evaluation round(s) (one round per epoch, train.schedule.epochs 2)" in problem
+    assert "successive halving can stop nothing early" in problem
+    assert check_search_space(TuneSection.model_validate(chosen), _schedule(epochs=3)) == []
+    # A searched schedule: refused only when its every configuration ends within the grace period.
+    space = {"schedule.max_steps": {"type": "grid", "values": [10, 20]}}
+    every = _schedule(eval_every_steps=10)
+    [problem] = check_search_space(TuneSection.model_validate({**chosen, "search_space": space}), every)
+    assert "every configuration of the searched schedule.max_steps" in problem
+    space["schedule.max_steps"]["values"] = [10, 50]
+    assert check_search_space(TuneSection.model_validate({**chosen, "search_space": space}), every) == []
+    # The default scheduler, which the spec did not choose, is not refused for having nothing to stop.
+    assert check_search_space(TuneSection.model_validate({}), _schedule(epochs=1)) == []
+
+
+def test_a_search_space_whose_every_value_is_rejected_says_no_trial_could_start():
+    from tuning.search_space import check_search_space
+
+    def problems(space):
+        return check_search_space(TuneSection.model_validate({"search_space": space}), TRAIN)
+
+    [one] = problems({"optim.lr": {"type": "grid", "values": [20, 30]}})
+    assert one.startswith("tune.search_space.optim.lr: every value is rejected, so no trial could start: value 20")
+    [one] = problems({"optim.lr": {"type": "loguniform", "low": 11, "high": 30}})
+    assert one.startswith("tune.search_space.optim.lr: both ends of the range are rejected, so no trial could start")
+    [one] = problems({"optim.lr": {"type": "loguniform", "low": 1, "high": 30}})  # one end: narrow it
+    assert "high 30.0 is rejected" in one and "narrow the range" in one and "no trial could start" not in one
+    head, why = problems({"deepspeed.zero_stage": {"type": "grid", "values": [0]},
+                          "deepspeed.offload_optimizer": {"type": "grid", "values": [True]}})
+    assert head.startswith("tune.search_space: every combination of its values is rejected, so no trial could start")
+    assert "offload_optimizer needs zero_stage 1, 2 or 3" in why
+    partly = problems({"deepspeed.zero_stage": {"type": "grid", "values": [0, 2]},
+                       "deepspeed.offload_optimizer": {"type": "grid", "values": [True]}})
+    assert len(partly) == 1 and "every combination" in partly[0] and "no trial could start" not in partly[0]
+
+
+def test_the_data_size_tells_the_rounds_when_the_spec_could_not():
+    from tuning.sweep import _check_rounds
+
+    train = _schedule(epochs=1, micro_batch_size=8, eval_every_steps=10)  # 100 rows: 13 steps, 2 rounds
+    train = train.model_copy(update={"scaling": ScalingSection(num_workers=1)})
+    chosen = TuneSection.model_validate({"scheduler": {"grace_period": 2}})
+    with pytest.raises(UserError, match=r"ends after 2 evaluation round\(s\) \(13 steps at eval_every_steps 10 over "
+                                        r"100 training rows\), within the grace period of 2, so ASHA can stop nothing"):
+        _check_rounds(chosen, train, 100)
+    assert _check_rounds(chosen, train, 1000) is None  # 125 steps: 13 rounds
+    note = _check_rounds(TuneSection(), train.model_copy(update={"schedule": train.schedule.model_copy(
+        update={"eval_every_steps": None, "epochs": 1})}), 100)  # the default scheduler: said, not refused
+    assert note.startswith("note: tune.scheduler.grace_period: every trial ends after 1 evaluation round(s)")
+    assert _check_rounds(chosen, train, None) is None  # each trial prepares its own data: nothing known here
