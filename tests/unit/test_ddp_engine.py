@@ -285,3 +285,22 @@ def test_rerunning_a_run_with_the_other_engine_fails_on_the_driver(tmp_path):
         _refuse_other_engine(Location.parse(str(run)), "ddp")
     _refuse_other_engine(Location.parse(str(run)), "deepspeed")
     _refuse_other_engine(Location.parse(str(tmp_path / "new")), "ddp")  # nothing to resume
+
+
+def test_the_spec_choosing_ddp_gets_the_plain_loop_and_never_deepspeed(model_path, one_rank, monkeypatch):
+    """The fix for the biggest per-step cost on CPU (DeepSpeed's engine, bench/train_throughput.py):
+    train.engine: ddp must reach DDPEngine through the loop's one seam, without deepspeed.initialize."""
+    import deepspeed
+
+    from trainers.loop import build_engine
+
+    def refuse(**_):
+        raise AssertionError("engine ddp called deepspeed.initialize")
+
+    monkeypatch.setattr(deepspeed, "initialize", refuse)
+    train = with_values(_spec(model_path), {"engine": "ddp"})
+    engine = build_engine(train, _model(model_path), world=1, device=torch.device("cpu"), total_steps=4)
+    assert isinstance(engine, DDPEngine) and engine.ddp is None  # one worker: no DDP wrapper, no collective
+    assert type(engine.optimizer) is torch.optim.AdamW
+    with pytest.raises(AssertionError, match="called deepspeed.initialize"):  # the other engine does go there
+        build_engine(_spec(model_path), _model(model_path), world=1, device=torch.device("cpu"), total_steps=4)
