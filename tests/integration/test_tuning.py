@@ -157,6 +157,32 @@ def _files(run_dir: Path) -> dict[str, int]:
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
 
 
+def _kill_driver_when(ready, ray_cluster, tmp_path, tune, train, storage, name) -> tuple[dict[str, str], int | None]:
+    """Run the sweep in a driver process, poll its trials' saved statuses until `ready(statuses)`
+    (or 300 s, or the driver ends), then SIGKILL the driver. Returns the last statuses and the
+    driver's own exit code (None when it was killed)."""
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps({"address": ray_cluster.address, "storage": str(storage), "name": name,
+                                "tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}))
+    # Tune saves its experiment state every 10 s or more; every second here, so the statuses
+    # polled below are what a resume will find.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(spec)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    statuses: dict[str, str] = {}
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None and not ready(statuses):
+            time.sleep(0.5)
+            statuses = _statuses(storage / name)
+        exit_code = driver.poll()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    return statuses, exit_code
+
+
 def test_killed_driver_resumes_without_rerunning_finished_trials(ray_cluster, tiny_data, tmp_path):
     from tuning.sweep import SweepExistsError, run_sweep
 
@@ -170,32 +196,20 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_cluster, ti
     train = _train(tiny_data)
     storage, name = tmp_path / "results", "resumable"
     exp = storage / name
-    spec = tmp_path / "sweep.json"
-    spec.write_text(json.dumps({"address": ray_cluster.address, "storage": str(storage), "name": name,
-                                "tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}))
-    # Tune saves its experiment state every 10 s or more; every second here, so the statuses
-    # polled below are what a resume will find.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(spec)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        finished: set[str] = set()
-        midway: dict[str, list[str]] = {}
-        while time.time() < deadline and driver.poll() is None and not (finished and midway):
-            time.sleep(1)
-            statuses = _statuses(exp)
-            finished = {t for t, s in statuses.items() if s == "TERMINATED"}
-            # Two checkpoints on disk: the older one is surely registered with Train.
-            # (Tune saves a running trial as PENDING: that is how a resume will treat it.)
-            midway = {t: c for t, s in statuses.items() if s in ("PENDING", "RUNNING")
-                      and len(c := _checkpoints(exp / "runs" / f"trial_{t}")) >= 2 and "checkpoint_000060" not in c}
-        assert finished and midway, f"no finished and mid-way trials to kill at (driver exit {driver.poll()})"
-        os.killpg(driver.pid, signal.SIGKILL)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+
+    midway: dict[str, list[str]] = {}  # trial -> its checkpoints, as last polled before the kill
+
+    def finished_and_midway(statuses: dict[str, str]) -> bool:
+        # Two checkpoints on disk: the older one is surely registered with Train.
+        # (Tune saves a running trial as PENDING: that is how a resume will treat it.)
+        midway.clear()
+        midway.update({t: c for t, s in statuses.items() if s in ("PENDING", "RUNNING")
+                       and len(c := _checkpoints(exp / "runs" / f"trial_{t}")) >= 2 and "checkpoint_000060" not in c})
+        return bool(midway) and "TERMINATED" in statuses.values()
+
+    statuses, exit_code = _kill_driver_when(finished_and_midway, ray_cluster, tmp_path, tune, train, storage, name)
+    finished = {t for t, s in statuses.items() if s == "TERMINATED"}
+    assert finished and midway, f"no finished and mid-way trials to kill at (driver exit {exit_code})"
     before = {t: _files(exp / "runs" / f"trial_{t}") for t in finished}
     results_before = {t: (exp / f"trial_{t}" / "result.json").read_text() for t in finished}
 
@@ -309,28 +323,10 @@ def test_resumed_asha_keeps_its_rungs_and_stops_a_weak_trial_at_the_first(ray_cl
     })
     train = _train(tiny_data, steps=200, schedule__eval_every_steps=20)
     storage, name = tmp_path / "results", "asha-resume"
-    exp = storage / name
-    spec = tmp_path / "sweep.json"
-    spec.write_text(json.dumps({"address": ray_cluster.address, "storage": str(storage), "name": name,
-                                "tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(spec)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        statuses: dict[str, str] = {}
-        while time.time() < deadline and driver.poll() is None:
-            time.sleep(0.5)
-            statuses = _statuses(exp)
-            if sum(s == "TERMINATED" for s in statuses.values()) >= 2:
-                break
-        os.killpg(driver.pid, signal.SIGKILL)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    statuses, exit_code = _kill_driver_when(lambda st: sum(s == "TERMINATED" for s in st.values()) >= 2,
+                                            ray_cluster, tmp_path, tune, train, storage, name)
     finished = {t for t, s in statuses.items() if s == "TERMINATED"}
-    assert len(finished) == 2, f"two finished trials to kill at, got {statuses} (driver exit {driver.poll()})"
+    assert len(finished) == 2, f"two finished trials to kill at, got {statuses} (driver exit {exit_code})"
 
     result = run_sweep(tune, train, storage_path=str(storage), name=name, resume=True)
     out = capsys.readouterr().out
