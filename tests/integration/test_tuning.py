@@ -106,9 +106,11 @@ def test_asha_sweep_names_a_winner_and_ranks_an_absurd_lr_last(ray_cluster, tiny
     params = {int(float(r["lora.r"])): int(r["trainable_params"]) for r in rows}
     assert 0 < params[2] < params[8]
 
-    # The absurd learning rate ends up at the bottom of the table.
+    # The absurd learning rate ranks below every trial that trained to the end. (A good rate that ASHA
+    # stopped after a round or two may score at the majority-class floor too, so it can rank anywhere.)
     absurd = [i for i, r in enumerate(rows) if float(r["optim.lr"]) == ABSURD_LR]
-    assert absurd == list(range(len(rows) - len(absurd), len(rows))), rows
+    finished = [i for i, r in enumerate(rows) if r["status"] == "completed" and float(r["optim.lr"]) != ABSURD_LR]
+    assert absurd and finished and max(finished) < min(absurd), rows
 
     for name in ("trials.md", "trials.png", "learning_curves.png"):
         assert (exp / name).stat().st_size > 0
