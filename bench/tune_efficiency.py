@@ -5,10 +5,12 @@ For each seed (data split, shuffling and initialisation), the same grid of learn
 (4 x 4 = 16 configurations; LoRA's learning rates, about ten times full fine-tuning's) is searched
 twice with run_sweep:
   - full grid:  scheduler none, every configuration trains to completion (the baseline)
-  - ASHA:       grace period and reduction factor below; rungs are evaluation rounds
+  - ASHA:       grace period and reduction factor below; rungs are evaluation rounds, judged on
+                eval_loss (tune.scheduler.metric; macro-F1 sits at the majority-class floor after one round)
 Both use 1 worker (1 CPU) per trial, so 2 trials train side by side on a 2-core machine, with
 train.engine ddp (the faster path on CPU for a model that fits; --engine deepspeed for ZeRO); the
-data is prepared once per sweep (trainers/prepared.py) and every trial reads it.
+data is prepared once per sweep (trainers/prepared.py) and every trial reads it. A one-worker trial
+trains in its own process (trainers/in_process.py), without a Train controller or worker process.
 
 Reported per seed and on average: best-metric ratio (ASHA / grid), trial-seconds ratio (the sum of
 the trials' wall times: what each trial held a core for), wall-time ratio; and what a trial costs:
@@ -39,13 +41,14 @@ from common import LABELS, MODEL, ROOT, TWEETS  # noqa: E402  (sets up the envir
 LRS = [3e-4, 1e-3, 3e-3, 1e-2]  # LoRA's range: about 10x full fine-tuning's
 RANKS = [2, 4, 8, 16]
 METRIC = "eval_macro_f1"
-# RoundReport.setup_<stage>_s: the trial's process up to launching Train, Train's controller and worker
-# group start, then the worker's own stages (trainers/loop.py; "deepspeed" is either engine's setup).
+# RoundReport.setup_<stage>_s: the trial's process up to starting the loop, then (a Train run only) Train's
+# controller and worker group start, then the loop's own stages (trainers/loop.py; "deepspeed" is either
+# engine's setup).
 STAGES = ("driver", "launch", "worker", "imports", "model", "data", "deepspeed")
 STAGE_NOTES = {
-    "driver": "the trial's process: start, imports, spec and data checks, up to launching Train",
-    "launch": "Train's controller and the worker group (placement group, worker process) start",
-    "worker": "the worker process's start to the training loop (Ray worker, torch, process group)",
+    "driver": "the trial's process: start, imports, spec and data checks, up to starting the loop",
+    "launch": "a Train run: its controller and worker group start; in the trial's process: none",
+    "worker": "a Train run: the worker process's start to the loop; in the trial's process: none",
     "imports": "the loop's own imports",
     "model": "tokenizer, model weights, LoRA",
     "data": "this worker's shard of the prepared data",
@@ -82,7 +85,8 @@ def tune_spec(scheduler: str, args):
     return TuneSection.model_validate({
         "search_space": {"optim.lr": {"type": "grid", "values": args.lrs},
                          "lora.r": {"type": "grid", "values": args.ranks}},
-        "scheduler": {"type": scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
+        "scheduler": {"type": scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
+                      "metric": args.rung_metric if scheduler != "none" else None},
     })
 
 
@@ -137,6 +141,8 @@ def main() -> None:
     p.add_argument("--engine", choices=["ddp", "deepspeed"], default="ddp", help="train.engine of every trial")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: rounds every trial gets")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep 1/this at each rung")
+    p.add_argument("--rung-metric", default="eval_loss",
+                   help="ASHA: what its rungs compare (tune.scheduler.metric); the winner is the best by " + METRIC)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
 
@@ -174,7 +180,8 @@ def main() -> None:
                   "seeds": args.seeds, "train_samples": args.train_samples, "eval_samples": args.eval_samples,
                   "eval_every_steps": args.eval_every, "micro_batch_size": 16, "max_length": 64,
                   "workers_per_trial": 1,
-                  "asha": {"grace_period": args.grace_period, "reduction_factor": args.reduction_factor}},
+                  "asha": {"grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
+                           "rung_metric": args.rung_metric}},
         "seeds": seeds,
         "average": average,
         "targets": {"best": ">= 0.99 on average, never below 0.97", "trial_seconds": "<= 0.50"},
@@ -207,7 +214,8 @@ def markdown(out: dict) -> str:
         f"Grid: optim.lr {s['grid']['optim.lr']} x lora.r {s['grid']['lora.r']} ({n} configurations), seeds "
         f"{s['seeds']}; {s['train_samples']} training / {s['eval_samples']} validation tweets, length "
         f"{s['max_length']}, evaluation every {s['eval_every_steps']} steps; ASHA grace period "
-        f"{s['asha']['grace_period']} rounds, reduction factor {s['asha']['reduction_factor']:g}; 1 worker per trial, "
+        f"{s['asha']['grace_period']} rounds, reduction factor {s['asha']['reduction_factor']:g}, rungs on "
+        f"{s['asha']['rung_metric']} (the winner: best {s['metric']}); 1 worker per trial, "
         f"{out['machine']['cpus']:g} CPUs, 2 trials at once. Trial-seconds: the sum of the trials' wall times.",
         "",
         "| seed | grid best | ASHA best | best ratio | grid trial-s | ASHA trial-s | trial-s ratio | grid wall (s) "

@@ -33,7 +33,8 @@ class ExperimentSpec(Section):
         if self.tune is not None:
             problems += check_search_space(self.tune, self.train)
         task = get_task(self.train.model.task)
-        for where, metric in (("train.metric", self.train.metric), ("tune.metric", self.tune and self.tune.metric)):
+        for where, metric in (("train.metric", self.train.metric), ("tune.metric", self.tune and self.tune.metric),
+                              ("tune.scheduler.metric", self.tune and self.tune.scheduler.metric)):
             problem = task.metric_problem(metric) if metric else None
             if problem:
                 problems.append(f"{where}: {problem}")

@@ -45,6 +45,7 @@ class _Console:
         self.log: TextIO | None = None
         self.view: View | None = None
         self.feed: Any = None  # in a worker: the feed actor's handle (False: none reachable)
+        self.posted: Any = None  # the last post's ObjectRef (posts from one process arrive in order)
         self.verbose: bool | None = None  # None: as VERBOSE_ENV says
 
 
@@ -192,11 +193,22 @@ def _post(event: dict[str, Any]) -> bool:
         return False
     event.setdefault("pid", os.getpid())
     try:
-        feed.post.remote(event)
+        _c.posted = feed.post.remote(event)
     except Exception:  # the driver is gone (a detached Serve app outliving its command)
         _c.feed = False
         return False
     return True
+
+
+def flush(timeout_s: float = 10.0) -> None:
+    """Wait until this process's posts reached the feed: a process that ends right after its last
+    line (a trial that trained in its own process) would otherwise lose it with the process."""
+    posted = _c.posted
+    if posted is None:
+        return
+    import ray
+
+    ray.wait([posted], timeout=timeout_s)
 
 
 def _feed(name: str):

@@ -16,7 +16,7 @@ from .config import TrainSection
 from .console import say
 from .errors import UserError, diverged_message
 from .loop import TrainerState, WorkerConfig, other_engine_message, train_loop
-from .prepared import prepare_data
+from .prepared import PreparedData, prepare_data
 from .rounds import RoundReport
 from .storage import Location, StorageError
 
@@ -58,18 +58,9 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    storage = resolve_storage(storage_path)
-    _refuse_diverged_run(storage.join(name), name)
-    _refuse_other_engine(storage.join(name), train.engine)
-    train, data = prepare_data(train, data_root if data_root is not None else storage.join("prepared"))
-    s, rows, labels = train.scaling, data.manifest.rows, data.manifest.labels
-    if verbose:
-        say(f"{name}: {train.model.task} on {rows['train']} train / {rows['validation']} "
-            f"validation rows; {s.num_workers} worker(s), {train.engine_label}, "
-            f"global batch {train.global_batch_size}" + (f", labels {labels}" if labels else ""))
-    if verbose or not data.reused:  # a trial that had to prepare its own data (model.* or data.* searched) says so
-        say(f"{name}: data {'reused' if data.reused else 'prepared'} at {data.location}"
-            + ("" if data.reused else f" ({data.manifest.seconds:.1f}s)"))
+    storage, train, data = prepare_run(train, storage_path=storage_path, name=name, data_root=data_root,
+                                       verbose=verbose)
+    s = train.scaling
     tensorboard = str(storage.join(name, "tensorboard"))
     storage_path, storage_fs = storage.for_ray()
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
@@ -104,6 +95,25 @@ def fit(train: TrainSection, *, storage_path: str, name: str, callbacks: Sequenc
         best=best,
         latest_checkpoint=str(storage.at(result.checkpoint.path)) if result.checkpoint else None,
     )
+
+
+def prepare_run(train: TrainSection, *, storage_path: str | Location, name: str,
+                data_root: str | Location | None, verbose: bool) -> tuple[Location, TrainSection, PreparedData]:
+    """What the driver checks and prepares before any training starts: storage writable, a rerun that
+    can resume, the data prepared (or found) under `data_root` (default `<storage_path>/prepared`)."""
+    storage = resolve_storage(storage_path)
+    _refuse_diverged_run(storage.join(name), name)
+    _refuse_other_engine(storage.join(name), train.engine)
+    train, data = prepare_data(train, data_root if data_root is not None else storage.join("prepared"))
+    s, rows, labels = train.scaling, data.manifest.rows, data.manifest.labels
+    if verbose:
+        say(f"{name}: {train.model.task} on {rows['train']} train / {rows['validation']} "
+            f"validation rows; {s.num_workers} worker(s), {train.engine_label}, "
+            f"global batch {train.global_batch_size}" + (f", labels {labels}" if labels else ""))
+    if verbose or not data.reused:  # a trial that had to prepare its own data (model.* or data.* searched) says so
+        say(f"{name}: data {'reused' if data.reused else 'prepared'} at {data.location}"
+            + ("" if data.reused else f" ({data.manifest.seconds:.1f}s)"))
+    return storage, train, data
 
 
 def _refuse_diverged_run(run: Location, name: str) -> None:

@@ -7,7 +7,8 @@ setup -> fit read):
     resume    continue from the latest checkpoint (a rerun, or a retry after a worker died)
     train     steps until the schedule ends; every K steps (or each epoch) `evaluate_and_report`
     evaluate_and_report
-              validation metrics over every rank's shard, a checkpoint, `ray.train.report`
+              validation metrics over every rank's shard, a checkpoint, the session's report
+              (trainers/session.py: Ray Train's, or the Tune trial's own for a one-worker trial)
     finish    close the TensorBoard writer, say how long it took
 
 Everything comes from the function's argument; nothing is read from module globals.
@@ -38,7 +39,7 @@ from .checkpoint import (
     write_servable,
 )
 from .config import Engine, TrainSection
-from .console import progress, say
+from .console import flush, progress, say
 from .deepspeed import render_config, resolve_precision
 from .encode import collate
 from .errors import CheckpointError
@@ -46,6 +47,7 @@ from .model import count_parameters, load_base_model, load_tokenizer, prepare_fo
 from .prepared import load_prepared, read_rows, train_shard, validation_shard
 from .rounds import RoundReport
 from .safe_load import safe_torch_load
+from .session import Session, current
 from .tasks import IGNORE, Task, get_task
 from .tensorboard import TensorBoard
 
@@ -77,7 +79,9 @@ class TrainerState(BaseModel):
     engine: Engine = "deepspeed"  # which engine's state sits beside it (older checkpoints: deepspeed)
 
 
-def train_loop(config: dict) -> None:
+def train_loop(config: dict, worker_started: float | None = None) -> None:
+    """The loop in a Ray Train worker (`worker_started`: None, the process's start), or in the process
+    that runs it itself (trainers/in_process.py: when it called, so no launch or worker stage)."""
     import psutil
 
     # A trial's fixed cost, in stages (reported with every round; bench/tune_efficiency.py prints it):
@@ -85,7 +89,8 @@ def train_loop(config: dict) -> None:
     # worker process's start up to here, then imports, model, data and the engine in setup().
     entered = time.time()
     cfg = WorkerConfig.model_validate(config)
-    recipe = Recipe.setup(cfg, setup_s=_start_stages(cfg, psutil.Process().create_time(), entered), entered=entered)
+    started = worker_started if worker_started is not None else psutil.Process().create_time()
+    recipe = Recipe.setup(cfg, setup_s=_start_stages(cfg, started, entered), entered=entered)
     recipe.resume()
     recipe.train()
     recipe.finish()
@@ -139,6 +144,7 @@ class Recipe:
     """One worker's training run; `setup` builds it, then resume -> train -> finish."""
 
     section: TrainSection  # the train: section
+    session: Session  # who runs this loop: rank, world, the checkpoint to resume, where rounds go
     task: Task
     labels: list[str] | None
     rank: int
@@ -174,14 +180,12 @@ class Recipe:
             now = time.time()
             setup_s[stage], mark[0] = now - mark[0], now
 
-        import ray.train
-        import ray.train.torch
         from torch.utils.data import DataLoader, DistributedSampler
 
         train = cfg.train
-        ctx = ray.train.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        device = ray.train.torch.get_device()
+        session = current()
+        rank, world = session.rank, session.world
+        device = session.device()
         _quiet_libraries()
         set_worker_threads(train.scaling.cpus_per_worker)
         torch.manual_seed(train.data.seed)
@@ -222,7 +226,8 @@ class Recipe:
 
         engine = build_engine(train, model, world=world, device=device, total_steps=total_steps)
         lap("deepspeed")  # the engine's setup, either engine (RoundReport.setup_deepspeed_s)
-        return cls(section=train, task=task, labels=labels, rank=rank, world=world, device=device, tokenizer=tokenizer,
+        return cls(section=train, session=session, task=task, labels=labels, rank=rank, world=world, device=device,
+                   tokenizer=tokenizer,
                    engine=engine, params=params, sampler=sampler, loader=loader,
                    total_steps=total_steps, probe_rows=probe_rows, val_shard=val_shard,
                    writer=TensorBoard(cfg.tensorboard_dir) if rank == 0 and cfg.tensorboard_dir else None,
@@ -231,9 +236,7 @@ class Recipe:
     # --- resume -----------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = self.session.latest_checkpoint()
         if not checkpoint:
             return
         with checkpoint.as_directory() as d:
@@ -297,7 +300,7 @@ class Recipe:
             elapsed = time.time() - self.started
             eta = elapsed / max(step, 1) * (self.total_steps - step)
             # To the driver's console: a progress bar there, or this as one line (console.describe).
-            progress("step", run=_run_name(), step=step, total_steps=self.total_steps, epoch=self.state.epoch,
+            progress("step", run=self.session.run_name, step=step, total_steps=self.total_steps, epoch=self.state.epoch,
                      loss=mean_loss, lr=float(self.engine.get_lr()[0]),
                      samples_per_s=window.rates()["samples_per_s"], eta_s=eta)
 
@@ -316,7 +319,7 @@ class Recipe:
                 self.writer.scalar(k, v, self.state.step)
             self.writer.flush()
         if self.rank == 0:
-            progress("eval", run=_run_name(), step=self.state.step, total_steps=self.total_steps,
+            progress("eval", run=self.session.run_name, step=self.state.step, total_steps=self.total_steps,
                      metrics=dict(report.eval))
         self._save_and_report(report, self._probe())
 
@@ -355,8 +358,6 @@ class Recipe:
                      logits=self.task.probe_logits(logits).tolist())
 
     def _save_and_report(self, report: RoundReport, probe: Probe) -> None:
-        import ray.train
-
         tmp = Path(tempfile.mkdtemp(prefix="zerotune-ckpt-"))
         try:
             # DeepSpeed: every rank writes its own shard; ddp: rank 0 writes the replicas' one state.
@@ -386,8 +387,7 @@ class Recipe:
                 state = self.engine._zero3_consolidated_16bit_state_dict()
                 if self.rank == 0:
                     write(state_dict=state)
-            ray.train.report(report.to_ray(), checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-                             checkpoint_dir_name=f"checkpoint_{self.state.step:06d}")
+            self.session.report(report.to_ray(), tmp, f"checkpoint_{self.state.step:06d}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -408,8 +408,6 @@ class Recipe:
     def _report_divergence(self, loss: float) -> None:
         """Report the divergence with a marker checkpoint (Ray keeps only checkpointed metrics), ranked
         worst by the spec's metric, so the driver can say what happened instead of retrying."""
-        import ray.train
-
         train, step = self.section, self.state.step
         self.diverged = True
         if self.rank == 0:
@@ -424,9 +422,7 @@ class Recipe:
             if self.rank == 0:
                 marker = DivergedMarker(step=step, train_loss=str(loss), lr=report.lr)
                 (tmp / DIVERGED).write_text(marker.model_dump_json())
-            ray.train.report(report.to_ray(),
-                             checkpoint=ray.train.Checkpoint.from_directory(str(tmp)) if self.rank == 0 else None,
-                             checkpoint_dir_name=f"checkpoint_{step:06d}_diverged")
+            self.session.report(report.to_ray(), tmp if self.rank == 0 else None, f"checkpoint_{step:06d}_diverged")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -437,6 +433,7 @@ class Recipe:
             self.writer.close()
         if self.rank == 0 and not self.diverged:
             say(f"done: {self.state.step} steps in {time.time() - self.started:.0f}s")
+        flush()
 
 
 def build_engine(train: TrainSection, model: torch.nn.Module, *, world: int, device: torch.device,
@@ -498,12 +495,6 @@ def _peak_memory_mb(on_gpu: bool) -> float:
     if on_gpu:
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _run_name() -> str:
-    import ray.train
-
-    return ray.train.get_context().get_experiment_name()
 
 
 def set_worker_threads(cpus_per_worker: float) -> int:

@@ -228,6 +228,19 @@ class Location:
             out[rel].write_bytes(f.read_bytes())
         return out
 
+    def remove_tree(self) -> None:
+        """Delete this directory and everything under it (nothing there: nothing to do)."""
+        if self.is_local:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        fs, path = self.filesystem()
+        try:
+            fs.delete_dir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise StorageError(f"{self}: {_explain(err)}") from None
+
     def download(self, dest: Path, include: Iterable[str] | None = None) -> Path:
         """Copy the files under this directory into dest; `include`: only these top-level names."""
         wanted = set(include) if include is not None else None

@@ -106,6 +106,11 @@ class SchedulerSection(Section):
     max_t: int | None = Field(
         default=None, ge=1, description="Most evaluation rounds a trial runs; empty: as many as training makes."
     )
+    metric: str | None = Field(
+        default=None, description="What the rungs compare trials on; empty: the sweep's metric. The winner is "
+        "still the best by the sweep's metric. eval_loss judges a classifier's first rounds better than "
+        "macro-F1, which stays at the majority-class floor until a trial has learned something."
+    )
 
     @model_validator(mode="after")
     def _grace_within_max_t(self) -> SchedulerSection:
@@ -122,7 +127,9 @@ class SchedulerSection(Section):
         if self.type == "none":
             return "no early stopping"
         name = "ASHA" if self.type == "asha" else "synchronous successive halving"
-        return f"{name} (grace {self.grace_period}, reduction {self.reduction_factor:g}, max_t {self.max_t or 'none'})"
+        rungs = f", rungs on {self.metric}" if self.metric else ""
+        return (f"{name} (grace {self.grace_period}, reduction {self.reduction_factor:g}, "
+                f"max_t {self.max_t or 'none'}{rungs})")
 
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")

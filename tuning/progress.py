@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from trainers import console
+from trainers import console, feed
 from trainers.console import say
 from trainers.errors import diverged_message
 
@@ -237,6 +237,9 @@ class SweepProgress(Callback):
 
     def _close(self) -> None:
         if self._view is not None:
+            # The trials' last lines (a trial waits until its lines reached the feed) still go through
+            # this view, which names the trial that said them.
+            feed.flush()
             self._view.close()
             console.set_view(self._previous)
             self._view = None

@@ -27,6 +27,7 @@ rungs). A resumed sweep whose scheduler meets trials with results but was given 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from ray.air.constants import TRAINING_ITERATION
@@ -78,10 +79,16 @@ class _NotRestoredWarning:
 class ResumableASHA(AsyncHyperBandScheduler):
     """Ray Tune's ASHA whose rungs (the results recorded at each) can be saved and put back."""
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(time_attr=TIME_ATTR, **kwargs)
+    def __init__(self, *, rung_metric: str | None = None, rung_mode: str | None = None, **kwargs: Any):
+        super().__init__(time_attr=TIME_ATTR, metric=rung_metric, mode=rung_mode, **kwargs)
+        self._own_metric = rung_metric is not None
         self._assigned: dict[str, int] = {}  # trial -> bracket index, from a restored state
         self._restore_note = _NotRestoredWarning()
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        if self._own_metric:  # tune.scheduler.metric: the rungs keep theirs; the sweep's picks the winner
+            return True
+        return super().set_search_properties(metric, mode, **spec)
 
     def state_dict(self) -> dict[str, Any]:
         # _Bracket._rungs: [(milestone, {trial_id: signed score})], highest milestone first (Ray 2.60).
@@ -111,10 +118,12 @@ class ResumableASHA(AsyncHyperBandScheduler):
         return out
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        retried = trial.trial_id in self._trial_info  # Tune adds a trial it retries after a failure again
         super().on_trial_add(tune_controller, trial)
         if trial.trial_id in self._assigned:  # a resumed trial keeps its bracket and what it recorded there
             self._trial_info[trial.trial_id] = self._brackets[self._assigned[trial.trial_id]]
-        self._restore_note.check("ASHA", trial, min(m for b in self._brackets for m, _ in b._rungs))
+        if not retried:
+            self._restore_note.check("ASHA", trial, min(m for b in self._brackets for m, _ in b._rungs))
 
 
 class SyncHalving(FIFOScheduler):
@@ -131,16 +140,19 @@ class SyncHalving(FIFOScheduler):
     _supports_buffered_results = False  # a decision per result: a buffered batch would run past the rung
 
     def __init__(self, *, grace_period: int, reduction_factor: float, max_t: int | None, trials: int,
-                 concurrency: int):
+                 concurrency: int, rung_metric: str | None = None, rung_mode: str | None = None):
         super().__init__()
         self.halving = Halving(grace_period=grace_period, reduction_factor=reduction_factor, expected=trials,
                                max_t=max_t)
         self.concurrency = concurrency
-        self._metric: str | None = None
-        self._sign = 1.0
+        self._metric: str | None = rung_metric
+        self._sign = 1.0 if rung_mode != "min" else -1.0
+        self._own_metric = rung_metric is not None
         self._restore_note = _NotRestoredWarning()
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        if self._own_metric:  # tune.scheduler.metric: the rungs keep theirs; the sweep's picks the winner
+            return True
         if metric:
             self._metric = metric
         if mode:
@@ -166,8 +178,10 @@ class SyncHalving(FIFOScheduler):
     # --- Tune's events -----------------------------------------------------------------------------
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        retried = trial.trial_id in self.halving.level  # Tune adds a trial it retries after a failure again
         self.halving.add(trial.trial_id)
-        self._restore_note.check("successive halving", trial, self.halving.milestone(0))
+        if not retried:
+            self._restore_note.check("successive halving", trial, self.halving.milestone(0))
         if trial.status == Trial.PENDING:
             # Held until choose_trial_to_run admits it (see the class docstring). Set before the
             # controller files the trial by its status, which it does right after this call.
@@ -228,16 +242,18 @@ class SyncHalving(FIFOScheduler):
                 f"stopped {len(h.stopped)}")
 
 
-def build_scheduler(scheduler: SchedulerSection, *, trials: int,
-                    concurrency: int) -> tuple[TrialScheduler, list[Callback], int | None]:
-    """(the scheduler, the callbacks it needs, max_concurrent_trials for Tune) for tune.scheduler."""
+def build_scheduler(scheduler: SchedulerSection, *, trials: int, concurrency: int,
+                    mode_of: Callable[[str], str]) -> tuple[TrialScheduler, list[Callback], int | None]:
+    """(the scheduler, the callbacks it needs, max_concurrent_trials for Tune) for tune.scheduler.
+    `mode_of`: a metric's better direction (the task's), for scheduler.metric."""
     s = scheduler
+    rungs = {"rung_metric": s.metric, "rung_mode": mode_of(s.metric)} if s.metric else {}
     if s.type == "none":
         return FIFOScheduler(), [], concurrency
     if s.type == "asha":
         asha = ResumableASHA(grace_period=s.grace_period, reduction_factor=s.reduction_factor,
-                             max_t=s.max_t or _UNBOUNDED_ROUNDS)
+                             max_t=s.max_t or _UNBOUNDED_ROUNDS, **rungs)
         return asha, [KeepSchedulerState(asha)], concurrency
     sync = SyncHalving(grace_period=s.grace_period, reduction_factor=s.reduction_factor, max_t=s.max_t,
-                       trials=trials, concurrency=concurrency)
+                       trials=trials, concurrency=concurrency, **rungs)
     return sync, [KeepSchedulerState(sync)], None

@@ -39,7 +39,7 @@ from .records import TrialRecord, records_from_results
 from .report import SweepWinner, sweep_winner, winner, write_report
 from .schedulers import build_scheduler
 from .search_space import apply_values, param_space, rounds_problem
-from .trial import TRIAL_DRIVER_RESOURCES, run_trial, trial_dirname
+from .trial import run_trial, runs_in_trial, trial_dirname, trial_resources
 
 SPEC_FILE = "sweep_spec.json"
 PREPARED_DIR = "prepared"
@@ -77,9 +77,12 @@ def run_sweep(tune: TuneSection, train: TrainSection, *, storage_path: str, name
     import ray
 
     metric, mode = tune.resolved_metric(train), tune.resolved_mode(train)
-    problem = get_task(train.model.task).metric_problem(metric)
-    if problem:  # the spec's load-time check makes this rare: a spec built in code skips it
-        raise UserError(f"{'tune.metric' if tune.metric else 'train.metric'}: {problem}")
+    task = get_task(train.model.task)
+    for where, checked in (("tune.metric" if tune.metric else "train.metric", metric),
+                           ("tune.scheduler.metric", tune.scheduler.metric)):
+        problem = task.metric_problem(checked) if checked else None
+        if problem:  # the spec's load-time check makes this rare: a spec built in code skips it
+            raise UserError(f"{where}: {problem}")
     if tune.search_alg == "optuna":
         _require_optuna()
     root = resolve_storage(storage_path)
@@ -115,10 +118,11 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
 
     exp = root.join(name)
     metric, mode = tune.resolved_metric(train), tune.resolved_mode(train)
+    train_json = train.model_dump(mode="json")
     trainable = rt.with_resources(
-        rt.with_parameters(run_trial, train_json=train.model_dump(mode="json"), runs_path=str(exp.join("runs")),
+        rt.with_parameters(run_trial, train_json=train_json, runs_path=str(exp.join("runs")),
                            data_root=str(exp.join(PREPARED_DIR))),
-        TRIAL_DRIVER_RESOURCES,
+        trial_resources(train_json),
     )
     snapshot = {"tune": tune.model_dump(mode="json"), "train": train.model_dump(mode="json")}
     exp_path, fs = exp.for_ray()
@@ -132,7 +136,8 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
     exp.join(SPEC_FILE).write_text(json.dumps(snapshot, indent=2))
     # The scheduler and the callback that keeps its state go into tuner.pkl together (tuning/schedulers.py).
     scheduler, keep_state, tune_concurrency = build_scheduler(tune.scheduler, trials=num_trials(tune),
-                                                              concurrency=concurrency)
+                                                              concurrency=concurrency,
+                                                              mode_of=get_task(train.model.task).mode_of)
     return rt.Tuner(
         trainable,
         param_space=param_space(tune),
@@ -146,9 +151,10 @@ def _tuner(tune: TuneSection, train: TrainSection, *, root: Location, name: str,
             # Tune's own reporter only with -v; zerotune's live view (SweepProgress) either way.
             name=name, storage_path=root.for_ray()[0], storage_filesystem=fs, verbose=1 if verbose() else 0,
             stop=stopper,  # tune.budget (tuning/budget.py)
-            # Train already retries worker failures from checkpoints inside a trial; a trial
-            # that still fails (bad data, a diverged loss) would fail the same way again.
-            failure_config=rt.FailureConfig(max_failures=0),
+            # Worker failures are retried from the latest checkpoint: by Train inside a trial with
+            # several workers, by Tune for a one-worker trial (it is the worker). A trial that fails
+            # on bad data or a diverged loss fails at once again (fit's checks), cheaply.
+            failure_config=rt.FailureConfig(max_failures=train.scaling.max_failures if runs_in_trial(train) else 0),
             callbacks=[SweepProgress(metric, mode), *(extra_callbacks or []), *keep_state],
         ),
     )

@@ -1,10 +1,14 @@
-"""One trial: the sampled values applied to `train:`, then the one training path, `fit()`.
+"""One trial: the sampled values applied to `train:`, then the training loop.
 
-The function runs as a Ray Tune trial (the Train driver); everything it needs arrives as plain
-JSON in its arguments and is re-validated here. Its run name comes from the trial id, never a
-timestamp, so a restored sweep continues each unfinished Train run from its latest checkpoint.
+The function runs as a Ray Tune trial; everything it needs arrives as plain JSON in its arguments
+and is re-validated here. Its run name comes from the trial id, never a timestamp, so a restored
+sweep continues each unfinished run from its latest checkpoint.
 
-Stopping a trial early: Tune ends the trial's process, and with it the Train controller that
+A one-worker trial runs the loop in this process (trainers/in_process.py), holding the worker's
+CPUs (and GPU) itself: no Train controller or worker process to start, which was most of a trial's
+fixed cost. A trial with several workers is a Train driver: `fit()` launches them.
+
+Stopping a Train-driving trial early: Tune ends the trial's process, and with it the Train controller that
 process owns, abruptly. Ray Train's safety net that would then free the workers' placement group
 asks the State API, which needs the dashboard; without one, every trial ASHA stops keeps its
 workers' CPUs reserved until the sweep ends, and a small cluster stalls. So when Tune stops a
@@ -19,17 +23,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.air.constants import TRAINING_ITERATION
 from ray.train import UserCallback
 
 from trainers.config import TrainSection
 
-from .rounds import ReportRounds
+from .rounds import ReportRounds, eval_round
 from .search_space import apply_values
 
-# Ray needs a non-empty resource request for the trial's own process. It asks for no CPU and
-# no GPU so Train workers get every core; a little memory (the driver holds the data while
+# Ray needs a non-empty resource request for a Train-driving trial's own process. It asks for no
+# CPU and no GPU so Train workers get every core; a little memory (the driver holds the data while
 # fit() checks it) is what it does need.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0, "gpu": 0, "memory": 256 * 2**20}
+
+
+def runs_in_trial(train: TrainSection) -> bool:
+    """Whether the trial runs the loop itself (one worker) rather than through Ray Train."""
+    return train.scaling.num_workers == 1
+
+
+def trial_resources(train_json: dict[str, Any]):
+    """Tune's resource request per trial (its sampled values may change scaling): the worker's own
+    for a trial that runs the loop itself, else the Train driver's."""
+    def resources(config: dict[str, Any]) -> dict[str, float]:
+        train = apply_values(TrainSection.model_validate(train_json), config)
+        if runs_in_trial(train):
+            s = train.scaling
+            return {"cpu": s.cpus_per_worker, "gpu": s.gpus_per_worker if s.use_gpu else 0}
+        return TRIAL_DRIVER_RESOURCES
+
+    return resources
 
 _ABORT_TIMEOUT_S = 60.0
 
@@ -77,11 +100,20 @@ def run_trial(config: dict[str, Any], *, train_json: dict[str, Any], runs_path: 
     from ray import tune
     from ray.util.queue import Queue
 
+    from trainers.in_process import fit_in_process
     from trainers.launch import fit
 
     global _link
     train = apply_values(TrainSection.model_validate(train_json), config)
     name = run_name(tune.get_context().get_trial_id())
+    if runs_in_trial(train):
+        every = train.schedule.eval_every_steps
+
+        def to_tune(row: dict[str, Any]) -> None:  # what ReportRounds does for a Train run's rounds
+            tune.report({**row, TRAINING_ITERATION: eval_round(row, every)})
+
+        fit_in_process(train, storage_path=runs_path, name=name, data_root=data_root, on_report=to_tune)
+        return
     _link = link = _RunLink(mailbox=Queue(maxsize=1, actor_options={"num_cpus": 0}))
     try:
         fit(train, storage_path=runs_path, name=name, data_root=data_root, verbose=False,  # the sweep speaks for it

@@ -55,6 +55,13 @@ def _train(tiny_data, *, steps: int = 50, **extra) -> TrainSection:
     return TrainSection.model_validate(doc)
 
 
+def _train_workers() -> int:
+    """Ray Train worker actors this Ray has started so far (dead ones included)."""
+    from ray.util.state import list_actors
+
+    return len(list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000))
+
+
 def _read_csv(path: str) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -68,8 +75,11 @@ def test_asha_sweep_names_a_winner_and_ranks_an_absurd_lr_last(ray_cluster, tiny
                          "lora.r": {"type": "grid", "values": [2, 8]}},
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
     })
+    train_workers = _train_workers()
     result = run_sweep(tune, _train(tiny_data), storage_path=str(tmp_path / "results"), name="asha")
     exp = Path(result.path)
+    # One-worker trials train in the trial's own process (trainers/in_process.py): no Train worker started.
+    assert _train_workers() == train_workers
     rows = _read_csv(result.files["trials.csv"])
     metric = "eval_macro_f1"
     assert result.best.metric == metric and result.best.mode == "max"

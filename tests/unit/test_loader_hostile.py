@@ -250,6 +250,8 @@ def test_infinity_is_refused_in_search_domains(tmp_path, domain):
     ("serve.auth_token_file", "", "would serve without auth"),
     ("serve.auth_token_env", "sk-live-123", "not the token itself"),
     ("tune.metric", "eval_bogus", "tune.metric: got 'eval_bogus', which a sequence-classification run does not report"),
+    ("tune.scheduler.metric", "eval_lost", "tune.scheduler.metric: got 'eval_lost', which a sequence-classification "
+     "run does not report"),
     ("train.metric", "eval_macro_f", "Did you mean 'eval_macro_f1'?"),
 ])
 def test_values_a_field_cannot_really_use_are_refused(path, value, expect):

@@ -19,23 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module")
-def s3():
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    _, port = server.get_host_and_port()
-    options = f"endpoint_override=127.0.0.1:{port}&scheme=http"
-    fs, _ = Location.parse(f"s3://unit?{options}&allow_bucket_creation=true").filesystem()
-    fs.create_dir("unit")
-    yield options
-    server.stop()
-
-
 def test_parse_keeps_query_options_on_every_join(s3):
     root = Location.parse(f"s3://unit/results?{s3}")
     ckpt = root.join("run", "checkpoint_000010")

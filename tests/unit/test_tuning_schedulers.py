@@ -229,3 +229,26 @@ def test_successive_halving_holds_new_trials_and_keeps_its_rungs_across_a_resume
     assert [after.halving.runnable(t.trial_id) for t in trials] == [False, False, True]  # two wait at the rung
     # The last one arrives (scores are signed: lower loss is better): t0 and t2 go on, t1 stops.
     assert after.halving.on_result("t2", 1, -0.5) == ("continue", {"t0": "continue", "t1": "stop"})
+
+
+@pytest.mark.parametrize("kind", ["asha", "successive_halving"])
+def test_rungs_judge_on_their_own_metric_while_the_sweep_keeps_its_own(kind):
+    """tune.scheduler.metric: eval_loss decides the cut; macro-F1 (the same for all, at the majority-class
+    floor after one round) is what Tune passes and what picks the winner."""
+    from tuning.schedulers import build_scheduler
+
+    section = SchedulerSection.model_validate({"type": kind, "grace_period": 1, "reduction_factor": 2,
+                                               "metric": "eval_loss"})
+    assert "rungs on eval_loss" in section.label
+    s, _, _ = build_scheduler(section, trials=2, concurrency=2, mode_of=lambda m: "min" if m == "eval_loss" else "max")
+    assert s.set_search_properties("eval_macro_f1", "max")  # Tune's call with the sweep's metric: accepted
+    a, b = _trial("a"), _trial("b")
+    for t in (a, b):
+        s.on_trial_add(None, t)
+    floor = {"training_iteration": 1, "eval_macro_f1": 0.2}
+    first = s.on_trial_result(None, a, {**floor, "eval_loss": 0.6})
+    if kind == "successive_halving":  # it waits at the rung, scored by its loss (signed: lower is better)
+        assert first == "PAUSE" and s.halving.scores[0] == {"a": -0.6}
+        return
+    second = s.on_trial_result(None, b, {**floor, "eval_loss": 0.9})  # the worse loss, the same F1
+    assert (first, second) == ("CONTINUE", "STOP")
