@@ -13,7 +13,6 @@ import pytest
 
 from tests.tiny import make_model
 from tests.unit.test_serving_checkpoints import NER_LABELS, _train_section
-from tests.unit.test_storage import s3  # noqa: F401  (a real S3-compatible server: moto on 127.0.0.1)
 
 LABELS3 = ["negative", "neutral", "positive"]
 TEXTS = ["the movie was good", "alice visited paris in london", "bad"]
@@ -320,7 +319,7 @@ def test_refused_exports_exit_2_and_leave_nothing(ckpts, tmp_path, capsys, case)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-def test_export_from_and_to_s3_is_checked_servable_and_never_half_written(ckpts, s3, tmp_path, monkeypatch):  # noqa: F811
+def test_export_from_and_to_s3_is_checked_servable_and_never_half_written(ckpts, s3, tmp_path, monkeypatch):
     from cluster.cli import main
     from serving.config import ServeSection
     from serving.engine import Engine

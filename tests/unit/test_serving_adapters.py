@@ -16,7 +16,6 @@ from tests.unit.test_serving_checkpoints import (
     lm_adapter_checkpoint,
     lm_base,
 )
-from tests.unit.test_storage import s3  # noqa: F401, F811  (the moto server fixture)
 from trainers.errors import CheckpointError
 
 
@@ -109,7 +108,7 @@ def test_build_app_refuses_mismatched_adapters_before_any_replica_starts(checkpo
     assert ServeSection.model_validate(serve_json).adapters[0].checkpoint == str(checkpoints["pos"].resolve())
 
 
-def test_adapters_in_cloud_storage_are_served_from_one_node_local_copy_each(checkpoints, s3, tmp_path, monkeypatch):  # noqa: F811
+def test_adapters_in_cloud_storage_are_served_from_one_node_local_copy_each(checkpoints, s3, tmp_path, monkeypatch):
     """The app's adapter and the extra ones live in a bucket (moto): each is copied once into the
     node's cache (servable part only) and answers as it does from disk."""
     from trainers.storage import CACHE_ENV, Location
