@@ -18,7 +18,7 @@ fixed seconds per trial and seconds per evaluation round (a least-squares line o
 with the fixed part split into the stages the workers report (RoundReport.setup_*_s).
 Targets: best >= 0.99x the grid's on average (never below 0.97x), trial-seconds <= 0.5x.
 
-Usage (the full bench, about 45 minutes on 2 cores; starts a local Ray, one per machine):
+Usage (the full bench, about 30 minutes on 2 cores; starts a local Ray, one per machine):
     .venv/bin/python bench/tune_efficiency.py
 A quick check that it runs (a few minutes; writes elsewhere):
     .venv/bin/python bench/tune_efficiency.py --seeds 0 --lrs 1e-3 3e-3 \
@@ -135,7 +135,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lrs", type=float, nargs="+", default=LRS)
     p.add_argument("--ranks", type=int, nargs="+", default=RANKS)
-    p.add_argument("--train-samples", type=int, default=800)
+    p.add_argument("--train-samples", type=int, default=1200)
     p.add_argument("--eval-samples", type=int, default=120)
     p.add_argument("--eval-every", type=int, default=5, help="optimizer steps between evaluation rounds")
     p.add_argument("--engine", choices=["ddp", "deepspeed"], default="ddp", help="train.engine of every trial")
@@ -184,8 +184,10 @@ def main() -> None:
                            "rung_metric": args.rung_metric}},
         "seeds": seeds,
         "average": average,
-        "targets": {"best": ">= 0.99 on average, never below 0.97", "trial_seconds": "<= 0.50"},
-        "met": {"best": average["best"] >= 0.99 and worst_best >= 0.97, "trial_seconds": average["trial_seconds"] <= 0.5},
+        "targets": {"best": ">= 0.99 on average, never below 0.97", "trial_seconds": "<= 0.50",
+                    "fixed_s": "<= 12 per trial"},
+        "met": {"best": average["best"] >= 0.99 and worst_best >= 0.97, "trial_seconds": average["trial_seconds"] <= 0.5,
+                "fixed_s": fixed <= 12.0},
         "trial_cost": {"fixed_s": round(fixed, 1), "per_round_s": round(per_round, 2), "setup_stages_s": stages,
                        "note": "fixed and per-round: least-squares line of trial wall time against evaluation "
                                "rounds, all trials; setup stages: mean over trials, as the worker reports them"},
@@ -216,7 +218,7 @@ def markdown(out: dict) -> str:
         f"{s['max_length']}, evaluation every {s['eval_every_steps']} steps; ASHA grace period "
         f"{s['asha']['grace_period']} rounds, reduction factor {s['asha']['reduction_factor']:g}, rungs on "
         f"{s['asha']['rung_metric']} (the winner: best {s['metric']}); 1 worker per trial, "
-        f"{out['machine']['cpus']:g} CPUs, 2 trials at once. Trial-seconds: the sum of the trials' wall times.",
+        f"{out['machine']['cpus']:g} CPUs, 2 trials at once. Trial-seconds: the sum of the trials' wall times (below).",
         "",
         "| seed | grid best | ASHA best | best ratio | grid trial-s | ASHA trial-s | trial-s ratio | grid wall (s) "
         "| ASHA wall (s) | wall ratio | ASHA stopped early |",
@@ -235,15 +237,18 @@ def markdown(out: dict) -> str:
         f"trial-seconds ratio <= 0.50 ({'met' if met['trial_seconds'] else 'missed'}).",
         "",
         f"Cost of a trial (line over all trials): {cost['fixed_s']:.1f} s fixed + {cost['per_round_s']:.2f} s per "
-        "evaluation round. The fixed cost in stages (mean s over trials, as each trial's worker reports them):",
+        f"evaluation round (fixed-cost target <= 12 s: {'met' if met['fixed_s'] else 'missed'}). The fixed cost in "
+        "stages (mean s over trials, as each trial reports them):",
         "",
         "| stage | what | s |",
         "|---|---|---|",
         *[f"| {k} | {STAGE_NOTES[k]} | {v:.2f} |" for k, v in cost["setup_stages_s"].items()],
         f"| **sum** | | **{sum(cost['setup_stages_s'].values()):.2f}** |",
         "",
-        "The fitted fixed cost also holds what no stage measures: Tune starting the trial's process, and the first "
-        "round's share of the line's error.",
+        "A trial's wall time is Tune's (the sum of its results' time_this_iter_s): from the trial function's start "
+        "to its last round. It leaves out the trial process's own start and imports before the function runs "
+        "(part of the driver stage), the same for every trial of both searches; the fitted fixed cost holds the "
+        "rest of the stages, the first evaluation's extra cost and the line's error.",
         "",
     ]
     return "\n".join(lines) + "\n"
