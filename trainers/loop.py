@@ -81,7 +81,7 @@ class TrainerState(BaseModel):
 
 def train_loop(config: dict, worker_started: float | None = None) -> None:
     """The loop in a Ray Train worker (`worker_started`: None, the process's start), or in the process
-    that runs it itself (trainers/in_process.py: when it called, so no launch or worker stage)."""
+    that runs it itself (trainers/in_process.py: the time of the call, so no launch or worker stage)."""
     import psutil
 
     # A trial's fixed cost, in stages (reported with every round; bench/tune_efficiency.py prints it):
@@ -227,8 +227,7 @@ class Recipe:
         engine = build_engine(train, model, world=world, device=device, total_steps=total_steps)
         lap("deepspeed")  # the engine's setup, either engine (RoundReport.setup_deepspeed_s)
         return cls(section=train, session=session, task=task, labels=labels, rank=rank, world=world, device=device,
-                   tokenizer=tokenizer,
-                   engine=engine, params=params, sampler=sampler, loader=loader,
+                   tokenizer=tokenizer, engine=engine, params=params, sampler=sampler, loader=loader,
                    total_steps=total_steps, probe_rows=probe_rows, val_shard=val_shard,
                    writer=TensorBoard(cfg.tensorboard_dir) if rank == 0 and cfg.tensorboard_dir else None,
                    setup_s=setup_s)
