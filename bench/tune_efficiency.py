@@ -18,7 +18,7 @@ fixed seconds per trial and seconds per evaluation round (a least-squares line o
 with the fixed part split into the stages the workers report (RoundReport.setup_*_s).
 Targets: best >= 0.99x the grid's on average (never below 0.97x), trial-seconds <= 0.5x.
 
-Usage (the full bench, about 30 minutes on 2 cores; starts a local Ray, one per machine):
+Usage (the full bench, about 33 minutes on 2 cores; starts a local Ray, one per machine):
     .venv/bin/python bench/tune_efficiency.py
 A quick check that it runs (a few minutes; writes elsewhere):
     .venv/bin/python bench/tune_efficiency.py --seeds 0 --lrs 1e-3 3e-3 \
@@ -140,7 +140,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=5, help="optimizer steps between evaluation rounds")
     p.add_argument("--engine", choices=["ddp", "deepspeed"], default="ddp", help="train.engine of every trial")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: rounds every trial gets")
-    p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep 1/this at each rung")
+    p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/this at each rung")
     p.add_argument("--rung-metric", default="eval_loss",
                    help="ASHA: what its rungs compare (tune.scheduler.metric); the winner is the best by " + METRIC)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))

@@ -79,6 +79,8 @@ class _NotRestoredWarning:
 class ResumableASHA(AsyncHyperBandScheduler):
     """Ray Tune's ASHA whose rungs (the results recorded at each) can be saved and put back."""
 
+    _own_metric = False  # tune.scheduler.metric given; also what a scheduler pickled by an older zerotune reads
+
     def __init__(self, *, rung_metric: str | None = None, rung_mode: str | None = None, **kwargs: Any):
         super().__init__(time_attr=TIME_ATTR, metric=rung_metric, mode=rung_mode, **kwargs)
         self._own_metric = rung_metric is not None
@@ -138,6 +140,7 @@ class SyncHalving(FIFOScheduler):
     search would (it samples its first ten at random anyway)."""
 
     _supports_buffered_results = False  # a decision per result: a buffered batch would run past the rung
+    _own_metric = False  # tune.scheduler.metric given; also what a scheduler pickled by an older zerotune reads
 
     def __init__(self, *, grace_period: int, reduction_factor: float, max_t: int | None, trials: int,
                  concurrency: int, rung_metric: str | None = None, rung_mode: str | None = None):

@@ -252,3 +252,15 @@ def test_rungs_judge_on_their_own_metric_while_the_sweep_keeps_its_own(kind):
         return
     second = s.on_trial_result(None, b, {**floor, "eval_loss": 0.9})  # the worse loss, the same F1
     assert (first, second) == ("CONTINUE", "STOP")
+
+
+def test_a_scheduler_pickled_before_rung_metrics_existed_still_resumes():
+    """tuner.pkl from an older zerotune holds a scheduler without the rung-metric attribute."""
+    from tuning.schedulers import ResumableASHA, SyncHalving
+
+    for s in (ResumableASHA(grace_period=1, reduction_factor=2, max_t=8),
+              SyncHalving(grace_period=1, reduction_factor=2, max_t=None, trials=2, concurrency=2)):
+        s.__dict__.pop("_own_metric")
+        old = pickle.loads(pickle.dumps(s))
+        assert old.set_search_properties("eval_macro_f1", "max")
+        assert old._metric == "eval_macro_f1"
