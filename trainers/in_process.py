@@ -117,6 +117,14 @@ class InProcessSession:
         self.last = metrics
         self.on_report(row)
 
+    def report_latest_again(self) -> None:
+        """A rerun of a run that had already trained to its end (its process was killed after the last
+        checkpoint, before the caller saw it end) trains nothing: its last round is still its result."""
+        kept = self.checkpoints.index.checkpoints
+        if kept:
+            self.last = kept[-1].metrics
+            self.on_report({**kept[-1].metrics, CHECKPOINT_PATH: self.checkpoints.latest().path})
+
 
 def fit_in_process(train: TrainSection, *, storage_path: str, name: str, on_report: Callable[[dict[str, Any]], None],
                    data_root: str | Location | None = None, verbose: bool = False) -> FitResult:
@@ -140,6 +148,8 @@ def fit_in_process(train: TrainSection, *, storage_path: str, name: str, on_repo
                           driver_started_at=started, launched_at=launched)
     with installed(session):
         train_loop(config.model_dump(mode="json"), worker_started=time.time())
+    if session.last is None:
+        session.report_latest_again()
     final = RoundReport.from_ray(session.last) if session.last else None
     if final is not None and final.diverged:
         raise TrainingDivergedError(diverged_message(final.train_loss, final.step, train.optim.lr))

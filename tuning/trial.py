@@ -8,8 +8,8 @@ A one-worker trial runs the loop in this process (trainers/in_process.py), holdi
 CPUs (and GPU) itself: no Train controller or worker process to start, which was most of a trial's
 fixed cost. A trial with several workers is a Train driver: `fit()` launches them.
 
-Stopping a Train-driving trial early: Tune ends the trial's process, and with it the Train controller that
-process owns, abruptly. Ray Train's safety net that would then free the workers' placement group
+Stopping a Train-driving trial early: Tune ends the trial's process, and with it the Train
+controller that process owns, abruptly. Ray Train's safety net that would then free the workers' placement group
 asks the State API, which needs the dashboard; without one, every trial ASHA stops keeps its
 workers' CPUs reserved until the sweep ends, and a small cluster stalls. So when Tune stops a
 trial, `AbortRunOnStop.cleanup` first asks the Train controller to abort (workers stopped,
@@ -53,6 +53,7 @@ def trial_resources(train_json: dict[str, Any]):
         return TRIAL_DRIVER_RESOURCES
 
     return resources
+
 
 _ABORT_TIMEOUT_S = 60.0
 

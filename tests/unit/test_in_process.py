@@ -76,3 +76,16 @@ def test_a_checkpoint_missing_from_the_index_is_never_resumed_from(run, tmp_path
     _add(reopened, tmp_path, 20, 0.6)
     assert "stray.bin" not in run.join("checkpoint_000020").files()
     assert INDEX_FILE in run.list()
+
+
+def test_a_rerun_with_nothing_left_to_train_reports_its_last_round_again(tmp_path):
+    from trainers.in_process import InProcessSession
+
+    run = Location.parse(tmp_path / "runs" / "trial_y")
+    _add(RunCheckpoints(run, keep=2, metric=METRIC, mode="max"), tmp_path, 10, 0.5)
+    rows: list[dict] = []
+    session = InProcessSession("trial_y", RunCheckpoints(run, keep=2, metric=METRIC, mode="max"), rows.append,
+                               use_gpu=False)
+    session.report_latest_again()
+    assert rows == [{"step": 10, METRIC: 0.5, "checkpoint_path": str(tmp_path / "runs" / "trial_y" / "checkpoint_000010")}]
+    assert session.last == {"step": 10, METRIC: 0.5}
